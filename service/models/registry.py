@@ -1,0 +1,43 @@
+"""Known architectures, detected from state-dict keys the way spandrel does it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from service.models.detect_diffmamba import detect_diffmamba_config, looks_like_diffmamba
+from service.nn.diffmamba import DiffMamba, DiffMambaConfig
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    #: "diffusion" models are noise estimators run by the sampler; "single_pass" restore directly.
+    kind: str
+    matches: Callable[[dict[str, torch.Tensor]], bool]
+    detect: Callable[[dict[str, torch.Tensor]], Any]
+    config_from_dict: Callable[[dict[str, Any]], Any]
+    build: Callable[[Any], nn.Module]
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register(arch: Architecture) -> None:
+    ARCHITECTURES[arch.name] = arch
+
+
+register(
+    Architecture(
+        name="diffmamba",
+        kind="diffusion",
+        matches=looks_like_diffmamba,
+        detect=detect_diffmamba_config,
+        config_from_dict=DiffMambaConfig.from_dict,
+        build=DiffMamba,
+    )
+)

@@ -1,0 +1,45 @@
+"""U-Net resampling: conv then pixel (un)shuffle, keys ``body.0.weight`` as in the releases."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Downsample(nn.Module):
+    """c -> 2c channels at half resolution (conv c -> c/2, then PixelUnshuffle(2))."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels // 2, kernel_size=3, padding=1, bias=False),
+            nn.PixelUnshuffle(2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Upsample(nn.Module):
+    """c -> c/2 channels at double resolution (conv c -> 2c, then PixelShuffle(2))."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels * 2, kernel_size=3, padding=1, bias=False),
+            nn.PixelShuffle(2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class PatchEmbed(nn.Module):
+    """3x3 conv stem; always bias-free in both releases (their ``bias`` argument is not passed)."""
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, channels, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
