@@ -40,12 +40,14 @@ def restore(
     x_T: torch.Tensor | None = None,
     seed: int | None = None,
     schedule: DDIMSchedule | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Restore ``cond`` (B, 3, H, W) in [0, 1]; returns (B, 3, H, W) in [0, 1].
 
     x_T has the image's shape; it is drawn from ``seed`` (random when None) unless given. Both
     are reflect-padded to multiples of 8 with the image and the result is cropped back.
-    Gradients flow when called under autograd (stage-2 training uses that).
+    Gradients flow when called under autograd (stage-2 training uses that). ``on_step(i, n)`` is
+    called after each network pass (progress bars).
     """
     if cond.dim() != 4 or cond.shape[1] != 3:
         raise ValueError(f"cond must be (B, 3, H, W), got {tuple(cond.shape)}")
@@ -62,8 +64,11 @@ def restore(
     y = condition_input(pad_to_multiple(cond.float()))
     x = pad_to_multiple(x_T)
     batch = cond.shape[0]
-    for t, t_next in schedule.timestep_pairs(steps):
+    pairs = schedule.timestep_pairs(steps)
+    for i, (t, t_next) in enumerate(pairs):
         t_vec = torch.full((batch,), float(t), device=cond.device)
         eps = model(torch.cat([y, x], dim=1), t_vec)
         x = schedule.step(x, eps, t, t_next)
+        if on_step is not None:
+            on_step(i + 1, len(pairs))
     return ((x[..., :h, :w] + 1) / 2).clamp(0, 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ def _torch_load(path: Path) -> Any:
             f"{path.name}: refused to load: the file holds pickled objects other than tensors and"
             f" plain containers, which could run code ({_first_line(exc)})"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:
         raise CheckpointError(
             f"{path.name}: not a readable PyTorch checkpoint (truncated or corrupt?):"
             f" {_first_line(exc)}"

@@ -86,7 +86,9 @@ def check_state_dict(model: nn.Module, sd: StateDict, arch: str) -> None:
     if mismatched:
         problems.append(f"mismatched shapes ({len(mismatched)}): {_listing(mismatched)}")
     if problems:
-        raise CheckpointError(f"checkpoint does not fit the detected {arch} config: " + "; ".join(problems))
+        raise CheckpointError(
+            f"checkpoint does not fit the detected {arch} config: " + "; ".join(problems)
+        )
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"checkpoint has non-finite values in {_listing(bad)}")

@@ -67,8 +67,8 @@ class SS2D(nn.Module):
         self.dt_projs_bias = nn.Parameter(
             torch.stack([init_dt_bias(d_inner) for _ in range(DIRECTIONS)])
         )
-        a_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(DIRECTIONS * d_inner, 1)
-        self.A_logs = nn.Parameter(a_log)
+        a_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32))
+        self.A_logs = nn.Parameter(a_log.repeat(DIRECTIONS * d_inner, 1))
         self.Ds = nn.Parameter(torch.ones(DIRECTIONS * d_inner))
         self.out_norm = nn.LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, channels, bias=False)
