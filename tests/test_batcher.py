@@ -497,3 +497,21 @@ def test_observer_errors_do_not_break_serving() -> None:
             return await b.submit(item(1), 0.0)
 
     torch.testing.assert_close(run(main()), expected(1, 0.0))
+
+
+def test_step_timing_splits_queue_and_compute() -> None:
+    from service.batching import StepTiming
+
+    def slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.05)
+        return x[:, :3]
+
+    async def scenario() -> StepTiming:
+        timing = StepTiming()
+        async with DynamicBatcher(slow, max_batch_size=4, max_queue_delay_ms=30) as b:
+            await b.submit_many([torch.zeros(6, 8, 8)] * 2, [1.0, 1.0], timing=timing)
+        return timing
+
+    timing = asyncio.run(scenario())
+    assert 0.02 <= timing.queue_s < 0.5
+    assert 0.045 <= timing.compute_s < 0.5

@@ -4,7 +4,7 @@ See :mod:`service.batching.batcher` for the semantics; errors map to HTTP answer
 described in :mod:`service.batching.errors`.
 """
 
-from service.batching.batcher import DynamicBatcher, RunBatch
+from service.batching.batcher import DynamicBatcher, RunBatch, StepTiming
 from service.batching.errors import (
     BatcherClosedError,
     BatcherError,
@@ -37,4 +37,5 @@ __all__ = [
     "NullObserver",
     "QueueFullError",
     "RunBatch",
+    "StepTiming",
 ]

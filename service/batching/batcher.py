@@ -85,6 +85,28 @@ class _Item:
     seq: int
     queued: bool = True
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass
+class StepTiming:
+    """Where a request's time went in the batcher, for its ``Server-Timing`` header.
+
+    ``queue_s`` sums, per submitted group, the wait until its first item started;
+    ``compute_s`` the span from that start until its last item finished.
+    """
+
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+
+    def add(self, items: Sequence[_Item]) -> None:
+        started = [it.started_at for it in items if it.started_at is not None]
+        finished = [it.finished_at for it in items if it.finished_at is not None]
+        if not started or not finished:
+            return
+        self.queue_s += max(0.0, min(started) - min(it.enqueued_at for it in items))
+        self.compute_s += max(0.0, max(finished) - min(started))
 
 
 class DynamicBatcher:
@@ -242,6 +264,7 @@ class DynamicBatcher:
         ts: Sequence[float | torch.Tensor],
         *,
         deadline: float | None = None,
+        timing: StepTiming | None = None,
     ) -> list[torch.Tensor]:
         """Run a group of items (a request's tiles at one step); results in input order.
 
@@ -255,10 +278,13 @@ class DynamicBatcher:
             return []
         items = self._accept(xs, ts, deadline)
         try:
-            return await self._gather(items)
+            results = await self._gather(items)
         except BaseException:
             self._abandon(items)
             raise
+        if timing is not None:
+            timing.add(items)
+        return results
 
     def _accept(
         self,
@@ -486,7 +512,9 @@ class DynamicBatcher:
             return
         finally:
             self._in_flight = 0
+        finished = time.monotonic()
         for item, out in zip(batch, outs, strict=True):
+            item.started_at, item.finished_at = start, finished
             if not item.future.done():  # cancelled awaiter: discard silently
                 item.future.set_result(out)
         self._counts["batches"] += 1

@@ -1,0 +1,48 @@
+"""Service settings, read from ``DIFFMAMBA_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIFFMAMBA_", extra="ignore")
+
+    models_dir: Path = Field(REPO_MODELS_DIR, description="one checkpoint per task, named after it")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch: int = Field(8, ge=1, le=256, description="tiles per network pass")
+    max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000)
+    max_queue_size: int = Field(256, ge=1, description="queued tiles per task before 503")
+    request_timeout_s: float = Field(120.0, gt=0, description="deadline per request (504 after)")
+    tile_size: int = Field(256, ge=8, le=4096)
+    tile_overlap: int = Field(32, ge=0, le=2048)
+    default_steps: int = Field(4, ge=1, le=50)
+    max_upload_bytes: int = Field(32 * 2**20, ge=1)
+    max_pixels: int = Field(4096 * 4096, ge=1)
+    whole_image_max_pixels: int = Field(
+        512 * 512, ge=1, description="single-pass models run whole images up to this size"
+    )
+    drain_timeout_s: float = Field(30.0, ge=0)
+    warmup: bool = True
+
+    @field_validator("tile_size", "tile_overlap")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> Settings:
+        if self.tile_overlap >= self.tile_size:
+            raise ValueError(
+                f"tile_overlap ({self.tile_overlap}) must be smaller than"
+                f" tile_size ({self.tile_size})"
+            )
+        return self
