@@ -7,9 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.cli import convert_cmd, inspect_cmd, restore_cmd
+from service.cli import convert_cmd, inspect_cmd, restore_cmd, serve_cmd
 
-SUBCOMMANDS = (restore_cmd, inspect_cmd, convert_cmd)
+SUBCOMMANDS = (serve_cmd, restore_cmd, inspect_cmd, convert_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if args.verbose or args.command == "serve" else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:

@@ -1,0 +1,68 @@
+"""The FastAPI application: ``uvicorn --factory service.api:create_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service import __version__
+from service.api.errors import error_response, install_error_handlers
+from service.api.restore import router as restore_router
+from service.api.state import ServiceState
+from service.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    state = ServiceState(settings or Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Load in the background: /healthz answers at once, /readyz once models are warm.
+        loader = asyncio.create_task(state.load())
+        try:
+            yield
+        finally:
+            state.draining = True
+            loader.cancel()
+            with contextlib.suppress(BaseException):
+                await loader
+            await state.stop(state.settings.drain_timeout_s)
+
+    app = FastAPI(
+        title="Diff-Mamba restoration service",
+        version=__version__,
+        description="POST a degraded image to /restore?task=… and get the restored image back.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    install_error_handlers(app)
+    app.include_router(restore_router)
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", summary="Readiness: models loaded and warm, not draining")
+    async def readyz() -> JSONResponse:
+        if state.ready and not state.draining:
+            return JSONResponse({"status": "ready", "tasks": sorted(state.tasks)})
+        reason = ("draining" if state.draining else
+                  f"model loading failed: {state.load_error}" if state.load_error else
+                  "models are loading")
+        return error_response(503, "not_ready", reason, {"Retry-After": "5"})
+
+    @app.get("/v1/tasks", summary="Served tasks with their model kind, config and checkpoint")
+    async def tasks() -> dict[str, Any]:
+        return {"tasks": [t.describe() for t in state.tasks.values()], "ready": state.ready}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics(_: Request) -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

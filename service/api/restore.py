@@ -1,0 +1,173 @@
+"""``POST /restore``: HTTP -> decode/validate -> tiles -> batcher -> sampler -> blend -> encode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import Literal, TypeVar
+
+from fastapi import APIRouter, Query, Request, Response
+
+from service.api.body import read_image_upload
+from service.api.errors import ApiError
+from service.api.pipeline import restore_diffusion
+from service.api.state import ServiceState
+from service.batching import (
+    BatcherClosedError,
+    BatchExecutionError,
+    DeadlineExceededError,
+    QueueFullError,
+    StepTiming,
+)
+from service.imaging import ImageError, decode_image, encode_image, from_tensor, to_tensor
+
+router = APIRouter()
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25
+SEED_MAX = 2**63 - 1
+
+
+def _state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+async def _cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; if the client goes away first, cancel it so its tiles leave the queue."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise ApiError(499, "client_closed_request", "client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+
+
+def _check_tile(tile: int | None, overlap: int) -> None:
+    if tile is None:
+        return
+    if tile % 8:
+        raise ApiError(422, "invalid_parameter", f"tile: must be a multiple of 8, got {tile}")
+    if tile <= overlap:
+        raise ApiError(422, "invalid_parameter",
+                       f"tile: must be larger than the tile overlap ({overlap}), got {tile}")
+
+
+@router.post(
+    "/restore",
+    summary="Restore a degraded image",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+)
+async def restore_endpoint(
+    request: Request,
+    task: str = Query(..., description="derain, denoise, deblur or another served task"),
+    steps: int | None = Query(None, ge=1, le=50, description="sampling steps (default: task's)"),
+    seed: int | None = Query(None, ge=0, le=SEED_MAX, description="noise seed; random if absent"),
+    format: Literal["png", "jpeg", "webp"] | None = Query(
+        None, description="output format (default: the input's, else PNG)"
+    ),
+    tile: int | None = Query(None, ge=16, le=4096, description="tile size override"),
+) -> Response:
+    state = _state(request)
+    settings = state.settings
+    rid = _request_id(request)
+    if state.draining:
+        raise ApiError(503, "draining", "the server is shutting down; retry on another replica",
+                       {"Retry-After": "1"})
+    if not state.ready:
+        raise ApiError(503, "not_ready", state.load_error or "models are still loading",
+                       {"Retry-After": "5"})
+    model = state.tasks.get(task)
+    if model is None:
+        raise ApiError(404, "unknown_task",
+                       f"unknown task {task!r}; served tasks: {sorted(state.tasks)}")
+    _check_tile(tile, settings.tile_overlap)
+
+    metrics = state.metrics
+    metrics.in_flight.labels(task=task).inc()
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await _restore(request, state, model.name, steps, seed, format, tile, rid)
+        status = response.status_code
+        return response
+    except ApiError as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.in_flight.labels(task=task).dec()
+        metrics.requests.labels(task=task, status=str(status)).inc()
+        metrics.request_seconds.labels(task=task).observe(time.perf_counter() - started)
+
+
+async def _restore(request: Request, state: ServiceState, task_name: str, steps: int | None,
+                   seed: int | None, fmt: str | None, tile: int | None, rid: str) -> Response:
+    settings = state.settings
+    model = state.tasks[task_name]
+    t0 = time.perf_counter()
+    body = await read_image_upload(request, settings.max_upload_bytes)
+    try:
+        image = await asyncio.to_thread(
+            decode_image, body, max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes
+        )
+    except ImageError as exc:
+        raise ApiError(exc.status, exc.error, exc.detail) from exc
+    t_decoded = time.perf_counter()
+
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    steps = steps or model.default_steps
+    tile_size = tile or settings.tile_size
+    timing = StepTiming()
+    deadline = time.monotonic() + settings.request_timeout_s
+    cond = to_tensor(image)
+    try:
+        restored, tiles = await _cancel_on_disconnect(request, restore_diffusion(
+            model, cond, steps=steps, seed=seed, tile=tile_size,
+            overlap=min(settings.tile_overlap, tile_size - 8), deadline=deadline, timing=timing,
+        ))
+    except QueueFullError as exc:
+        retry = max(1, int(exc.retry_after_s + 0.999))
+        raise ApiError(503, "queue_full", str(exc), {"Retry-After": str(retry)}) from exc
+    except DeadlineExceededError as exc:
+        raise ApiError(504, "timeout",
+                       f"not finished within {settings.request_timeout_s:g} s: {exc}") from exc
+    except BatcherClosedError as exc:
+        raise ApiError(503, "draining", str(exc), {"Retry-After": "1"}) from exc
+    except BatchExecutionError as exc:
+        raise ApiError(500, "inference_failed", str(exc)) from exc
+    state.metrics.tiles_per_request.labels(task=task_name).observe(tiles)
+    t_computed = time.perf_counter()
+
+    try:
+        data, media_type = await asyncio.to_thread(
+            encode_image, from_tensor(restored), image, fmt
+        )
+    except (ImageError, ValueError) as exc:
+        raise ApiError(422, "encode_failed", str(exc)) from exc
+    t_encoded = time.perf_counter()
+    compute_wall = t_computed - t_decoded
+    server_timing = ", ".join([
+        f"decode;dur={(t_decoded - t0) * 1e3:.1f}",
+        f"queue;dur={timing.queue_s * 1e3:.1f}",
+        f"compute;dur={max(compute_wall - timing.queue_s, 0.0) * 1e3:.1f}",
+        f"encode;dur={(t_encoded - t_computed) * 1e3:.1f}",
+    ])
+    headers = {"X-Request-ID": rid, "X-Seed": str(seed), "Server-Timing": server_timing,
+               "X-Tiles": str(tiles), "X-Steps": str(steps)}
+    return Response(content=data, media_type=media_type, headers=headers)

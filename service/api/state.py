@@ -1,0 +1,106 @@
+"""What the app holds between requests: settings, metrics, loaded tasks, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from service.batching import DynamicBatcher
+from service.metrics import ServiceMetrics
+from service.runtime import TaskModel, discover_tasks, load_task
+from service.scan import warmup as warm_scan
+from service.settings import Settings
+
+logger = logging.getLogger("service.api")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("DIFFMAMBA_DEVICE=cuda but torch sees no GPU")
+    return torch.device(name)
+
+
+class MetricsObserver:
+    """Feeds one task's batcher events into the Prometheus metrics."""
+
+    def __init__(self, metrics: ServiceMetrics, task: str) -> None:
+        self.metrics, self.task = metrics, task
+
+    def on_enqueue(self, depth: int) -> None:
+        pass  # the depth gauge reads the batcher directly at scrape time
+
+    def on_batch(self, size: int, padded_size: int, queue_waits: list[float],
+                 run_seconds: float) -> None:
+        self.metrics.observe_batch(self.task, size, queue_waits, run_seconds)
+
+    def on_drop(self, reason: str, count: int) -> None:
+        self.metrics.dropped.labels(task=self.task, reason=reason).inc(count)
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    tasks: dict[str, TaskModel] = field(default_factory=dict)
+    ready: bool = False
+    draining: bool = False
+    load_error: str | None = None
+
+    def _load_models(self) -> list[TaskModel]:
+        device = resolve_device(self.settings.device)
+        entries = discover_tasks(self.settings.models_dir)
+        if not entries:
+            raise RuntimeError(f"no checkpoints found in {self.settings.models_dir}")
+        if self.settings.warmup:
+            warm_scan()
+        loaded = []
+        for entry in entries:
+            task = load_task(entry, device, self.settings.default_steps, self.settings.warmup)
+            logger.info("task %s: %s (%s, %d params) on %s in %.1f s", task.name,
+                        entry.path.name, task.loaded.arch, task.loaded.num_params, device,
+                        task.load_seconds)
+            loaded.append(task)
+        return loaded
+
+    async def load(self) -> None:
+        """Runs in the background at start-up; /readyz turns 200 only when this finishes."""
+        try:
+            tasks = await asyncio.to_thread(self._load_models)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            logger.error("model loading failed: %s", self.load_error)
+            return
+        s = self.settings
+        for task in tasks:
+            task.batcher = DynamicBatcher(
+                task.run_batch,
+                max_batch_size=s.max_batch,
+                max_queue_delay_ms=s.max_queue_delay_ms,
+                max_queue_size=s.max_queue_size,
+                name=task.name,
+                observer=MetricsObserver(self.metrics, task.name),
+            )
+            task.batcher.start()
+            batcher = task.batcher
+            self.metrics.queue_depth.labels(task=task.name).set_function(
+                lambda b=batcher: b.queue_depth
+            )
+            self.metrics.model_load_seconds.labels(task=task.name).set(task.load_seconds)
+            self.metrics.describe_model(task.name, task.loaded.arch, task.kind,
+                                        task.loaded.sha256, task.loaded.config.to_dict())
+            self.tasks[task.name] = task
+        self.ready = True
+        self.metrics.ready.set(1)
+        logger.info("ready: tasks %s", sorted(self.tasks))
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        for task in self.tasks.values():
+            if task.batcher is not None:
+                await task.batcher.stop(drain=True, timeout=drain_timeout)
