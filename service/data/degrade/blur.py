@@ -1,0 +1,153 @@
+"""Synthetic camera-shake motion blur for training the deblurring network.
+
+The kernel is the image of a random camera trajectory (after Boracchi & Foi 2012, the model
+DeblurGAN uses): a 2-D path with momentum whose heading drifts smoothly, takes occasional
+abrupt turns (hand jerks) and is pulled back towards its start (the photographer
+compensating). Speed varies smoothly along the path, so some parts of the kernel are
+brighter than others, as with a real exposure.
+
+Ranges (training):
+
+* kernel size ``K``: an odd integer in [7, 31] px; the path is scaled so its farthest point
+  from the kernel's centre of mass lies ``K // 2 - 1`` px away (it fills the kernel);
+* the path is rasterised with sub-pixel accuracy (bilinear splatting of densely resampled
+  points), normalised to sum 1 and **centred on its centre of mass**, so the blurred image is
+  not shifted relative to the sharp one (a shift would have to be "learned" as restoration);
+* additive Gaussian noise with std in [0, 2] / 255 after blurring, as real blurry frames are
+  never noise-free.
+
+The blur is uniform (one kernel per image), unlike GoPro's dynamic scenes, but camera shake
+dominates those too. Convolution is done with numpy FFTs on a reflect-padded image (no SciPy
+dependency); the padding keeps borders free of wrap-around.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+KERNEL_SIZE_RANGE = (7, 31)
+NOISE_SIGMA_RANGE = (0.0, 2.0 / 255.0)
+
+
+@dataclass(frozen=True, eq=False)
+class BlurParams:
+    """``kernel``: (K, K) float32, non-negative, sums to 1; ``noise_sigma`` in [0, 1] units."""
+
+    kernel: np.ndarray = field(repr=False)
+    noise_sigma: float
+
+    @property
+    def size(self) -> int:
+        return int(self.kernel.shape[0])
+
+
+def _trajectory(rng: np.random.Generator, steps: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """A random 2-D path (complex positions) and its per-point dwell weights."""
+    heading = rng.uniform(0.0, 2.0 * np.pi)
+    wobble = rng.uniform(0.05, 0.35)  # std of the per-step heading change (rad)
+    jerk_probability = rng.uniform(0.0, 0.05)
+    centripetal = rng.uniform(0.0, 0.08)
+    pos = np.zeros(steps, dtype=np.complex128)
+    vel = np.exp(1j * heading)
+    for t in range(1, steps):
+        turn = rng.normal(0.0, wobble)
+        if rng.random() < jerk_probability:
+            turn += rng.uniform(0.5, 1.0) * np.pi * rng.choice((-1.0, 1.0))
+        vel = vel * np.exp(1j * turn) - centripetal * pos[t - 1] / max(abs(pos[t - 1]), 1.0)
+        vel /= max(abs(vel), 1e-9)
+        pos[t] = pos[t - 1] + vel
+    # Smoothly varying speed -> the time spent near each point (its brightness) varies.
+    log_speed = np.cumsum(rng.normal(0.0, 0.15, steps))
+    dwell = np.exp(-(log_speed - log_speed.mean()))
+    return pos, dwell / dwell.sum()
+
+
+def _rasterise(points: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear splatting of weighted sub-pixel points (x + iy, centre 0) into a K x K grid."""
+    c = size // 2
+    x = points.real + c
+    y = points.imag + c
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    fx = x - x0
+    fy = y - y0
+    kernel = np.zeros((size, size), dtype=np.float64)
+    for dy, dx, w in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (0, 1, fx * (1 - fy)),
+        (1, 0, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
+        yy, xx = y0 + dy, x0 + dx
+        ok = (yy >= 0) & (yy < size) & (xx >= 0) & (xx < size)
+        np.add.at(kernel, (yy[ok], xx[ok]), (w * weights)[ok])
+    return kernel
+
+
+def random_motion_kernel(rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+    """A normalised (size, size) camera-shake kernel; ``size`` odd in [7, 31] (random if None)."""
+    lo, hi = KERNEL_SIZE_RANGE
+    if size is None:
+        size = 2 * int(rng.integers(lo // 2, hi // 2 + 1)) + 1
+    if size % 2 == 0 or not lo <= size <= hi:
+        raise ValueError(f"kernel size must be odd and in [{lo}, {hi}], got {size}")
+    pos, dwell = _trajectory(rng)
+    # Resample densely (>= 4 points per pixel of path) so the raster has no gaps.
+    seg = np.abs(np.diff(pos))
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    radius = size // 2 - 1
+    dense_n = int(np.ceil(arc[-1] * radius * 8 / max(np.abs(pos).max(), 1.0))) + len(pos)
+    s = np.linspace(0.0, arc[-1], dense_n)
+    dense = np.interp(s, arc, pos.real) + 1j * np.interp(s, arc, pos.imag)
+    w = np.interp(s, arc, dwell * len(pos))
+    w /= w.sum()
+    dense -= np.sum(dense * w)  # centre of mass -> kernel centre: no image shift
+    dense *= radius / max(np.abs(dense).max(), 1e-9)
+    kernel = _rasterise(dense, w, size)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def sample_blur_params(rng: np.random.Generator) -> BlurParams:
+    """Draw a kernel and a noise level from the documented training ranges."""
+    kernel = random_motion_kernel(rng)
+    return BlurParams(kernel=kernel, noise_sigma=float(rng.uniform(*NOISE_SIGMA_RANGE)))
+
+
+def convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Convolve each channel of (H, W, C) or (H, W) with an odd (K, K) kernel; same size out.
+
+    Reflect padding by K // 2 (repeated reflection for tiny images), then circular
+    FFT convolution of the padded image: wrap-around only touches the padding, which is cut.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    squeeze = img.ndim == 2
+    if squeeze:
+        img = img[..., None]
+    k = np.asarray(kernel, dtype=np.float64)
+    r = k.shape[0] // 2
+    h, w = img.shape[:2]
+    mode = "reflect" if min(h, w) > 1 else "edge"
+    padded = np.pad(img, ((r, r), (r, r), (0, 0)), mode=mode)
+    ph, pw = padded.shape[:2]
+    embed = np.zeros((ph, pw), dtype=np.float64)
+    embed[: k.shape[0], : k.shape[1]] = k
+    embed = np.roll(embed, (-r, -r), axis=(0, 1))  # kernel centre at the origin
+    spec = np.fft.rfft2(padded, axes=(0, 1)) * np.fft.rfft2(embed)[..., None]
+    out = np.fft.irfft2(spec, s=(ph, pw), axes=(0, 1))[r : r + h, r : r + w]
+    out = out.astype(np.float32)
+    return out[..., 0] if squeeze else out
+
+
+def motion_blur(
+    clean: np.ndarray, rng: np.random.Generator, params: BlurParams | None = None
+) -> tuple[np.ndarray, BlurParams]:
+    """Return ``(blurred, params)``: blur with a random trajectory kernel, then slight noise."""
+    if params is None:
+        params = sample_blur_params(rng)
+    out = convolve(clean, params.kernel)
+    if params.noise_sigma > 0:
+        noise = rng.standard_normal(out.shape, dtype=np.float32)
+        out = out + noise * np.float32(params.noise_sigma)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False), params

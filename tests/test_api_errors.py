@@ -1,0 +1,157 @@
+"""Bad input always gets a clear 4xx JSON error; overload and timeouts get 503/504."""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from serving import make_models_dir, png_bytes, random_image, started_client, wait_ready
+
+SETTINGS = {"tile_size": 32, "tile_overlap": 8, "max_upload_bytes": 200_000,
+            "max_pixels": 1_000_000}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with started_client(make_models_dir(tmp_path_factory.mktemp("err")), **SETTINGS) as c:
+        wait_ready(c)
+        yield c
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def _gif() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(random_image(8, 8)).save(buf, format="GIF")
+    return buf.getvalue()
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(random_image(32, 32)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+GOOD = png_bytes(random_image(16, 16))
+PNG = {"Content-Type": "image/png"}
+# (name, query, body, headers, expected status, expected error code)
+CASES = [
+    ("empty body", {"task": "derain"}, b"", PNG, 400, "empty_body"),
+    ("garbage", {"task": "derain"}, b"\x00garbage" * 50, PNG, 400, "invalid_image"),
+    ("truncated png", {"task": "derain"}, GOOD[: len(GOOD) // 2], PNG, 400, "invalid_image"),
+    ("truncated jpeg", {"task": "derain"}, _jpeg()[:300], {"Content-Type": "image/jpeg"},
+     400, "invalid_image"),
+    ("text body", {"task": "derain"}, b"hello world", {"Content-Type": "text/plain"},
+     415, "unsupported_media_type"),
+    ("json body", {"task": "derain"}, b"{}", {"Content-Type": "application/json"},
+     415, "unsupported_media_type"),
+    ("gif", {"task": "derain"}, _gif(), {"Content-Type": "image/gif"}, 415, "unsupported_image"),
+    ("unknown task", {"task": "dehaze"}, GOOD, PNG, 404, "unknown_task"),
+    ("missing task", {}, GOOD, PNG, 422, "invalid_parameter"),
+    ("steps zero", {"task": "derain", "steps": 0}, GOOD, PNG, 422, "invalid_parameter"),
+    ("steps too many", {"task": "derain", "steps": 51}, GOOD, PNG, 422, "invalid_parameter"),
+    ("steps not int", {"task": "derain", "steps": "four"}, GOOD, PNG, 422, "invalid_parameter"),
+    ("negative seed", {"task": "derain", "seed": -1}, GOOD, PNG, 422, "invalid_parameter"),
+    ("bad format", {"task": "derain", "format": "bmp"}, GOOD, PNG, 422, "invalid_parameter"),
+    ("tile not multiple of 8", {"task": "derain", "tile": 100}, GOOD, PNG, 422,
+     "invalid_parameter"),
+    ("tile below overlap", {"task": "derain", "tile": 8}, GOOD, PNG, 422, "invalid_parameter"),
+    ("upload too large", {"task": "derain"}, b"\x89PNG" + b"\0" * 300_000, PNG, 413,
+     "payload_too_large"),
+    ("decompression bomb", {"task": "derain"}, _png_header_claiming(30000, 30000), PNG, 413,
+     "image_too_large"),
+    ("too many pixels", {"task": "derain"}, _png_header_claiming(1200, 1000), PNG, 413,
+     "image_too_large"),
+]
+
+
+@pytest.mark.parametrize(("name", "query", "body", "headers", "status", "code"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_bad_input_corpus(client: TestClient, name: str, query: dict, body: bytes,
+                          headers: dict, status: int, code: str) -> None:
+    r = client.post("/restore", params=query, content=body, headers=headers)
+    assert r.status_code == status, r.text
+    payload = r.json()
+    assert payload["error"] == code
+    assert isinstance(payload["detail"], str) and payload["detail"]
+
+
+def test_unknown_task_lists_tasks(client: TestClient) -> None:
+    r = client.post("/restore", params={"task": "dehaze"}, content=GOOD, headers=PNG)
+    assert "derain" in r.json()["detail"] and "denoise" in r.json()["detail"]
+
+
+def test_multipart_without_file_field(client: TestClient) -> None:
+    r = client.post("/restore", params={"task": "derain"}, files={"image": ("x.png", GOOD)})
+    assert r.status_code == 400 and r.json()["error"] == "missing_file"
+
+
+def test_wrong_method_and_path(client: TestClient) -> None:
+    assert client.get("/restore").status_code == 405
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+def test_network_failure_is_500_naming_it_and_service_recovers(client: TestClient) -> None:
+    task = client.app.state.service.tasks["derain"]
+    model = task.loaded.model
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("simulated CUDA error")
+
+    model.forward = broken
+    try:
+        r = client.post("/restore", params={"task": "derain", "steps": 1}, content=GOOD,
+                        headers=PNG)
+    finally:
+        del model.forward
+    assert r.status_code == 500
+    assert r.json()["error"] == "inference_failed"
+    assert "RuntimeError: simulated CUDA error" in r.json()["detail"]
+    ok = client.post("/restore", params={"task": "derain", "steps": 1}, content=GOOD, headers=PNG)
+    assert ok.status_code == 200
+
+
+def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
+    with started_client(make_models_dir(tmp_path), tile_size=16, tile_overlap=8,
+                        max_queue_size=2) as c:
+        wait_ready(c)
+        big = png_bytes(random_image(48, 48))  # 25 tiles of 16: more than the queue holds
+        r = c.post("/restore", params={"task": "derain", "steps": 1}, content=big, headers=PNG)
+        assert r.status_code == 503
+        assert r.json()["error"] == "queue_full"
+        assert int(r.headers["retry-after"]) >= 1
+
+
+def test_deadline_is_504(tmp_path: Path) -> None:
+    with started_client(make_models_dir(tmp_path), request_timeout_s=1e-6) as c:
+        wait_ready(c)
+        r = c.post("/restore", params={"task": "derain", "steps": 1}, content=GOOD, headers=PNG)
+        assert r.status_code == 504 and r.json()["error"] == "timeout"
+        text = c.get("/metrics").text
+        assert 'diffmamba_requests_total{status="504",task="derain"} 1.0' in text
+
+
+def test_exif_orientation_is_applied(client: TestClient) -> None:
+    img = Image.fromarray(np.zeros((16, 32, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    r = client.post("/restore", params={"task": "derain", "steps": 1}, content=buf.getvalue(),
+                    headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200
+    assert Image.open(io.BytesIO(r.content)).size == (16, 32)
