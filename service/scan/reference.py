@@ -22,7 +22,7 @@ def prepare_delta(
 
 
 def expand_groups(bc: torch.Tensor, channels: int) -> torch.Tensor:
-    """(b, G, N, L) grouped B or C -> (b, channels, N, L); channel i uses group i // (channels/G)."""
+    """(b, G, N, L) grouped B or C -> (b, channels, N, L); channel i uses group i // (ch / G)."""
     groups = bc.shape[1]
     return bc.float().repeat_interleave(channels // groups, dim=1)
 
