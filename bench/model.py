@@ -16,7 +16,10 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "small": {"dim": 16, "num_blocks": [1, 1, 1, 1], "d_state": 8},

@@ -7,9 +7,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.cli import convert_cmd, data_cmd, inspect_cmd, restore_cmd, serve_cmd
+from service.cli import (
+    convert_cmd,
+    data_cmd,
+    inspect_cmd,
+    restore_cmd,
+    serve_cmd,
+    train_cmd,
+)
 
-SUBCOMMANDS = (serve_cmd, restore_cmd, inspect_cmd, convert_cmd, data_cmd)
+SUBCOMMANDS = (serve_cmd, restore_cmd, inspect_cmd, convert_cmd, data_cmd, train_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,318 @@
+"""``diffmamba train``: the release's two-stage training, resumable across sessions.
+
+* ``train --workdir DIR --task derain --clean data/pool [...]``: stage 1 (noise estimation),
+  then stage 2 (the S-step sampler fine-tuned end to end), as ``--stage`` says.
+* ``train --workdir DIR --resume [--time-limit MIN]``: continue bit-for-bit from DIR/state.pt.
+* ``train export --workdir DIR --output models/derain.safetensors``: the run's current weights
+  (EMA in the .safetensors; params and params_ema in the .pth written beside it).
+
+Per-stage options (``--max-iters``, ``--lr``, ``--min-lr``, ``--warmup``) take ``A`` or ``A,B``
+(stage 1, stage 2); one value applies to the stage being run (to both for --max-iters/--warmup).
+
+On ``--resume`` options left out keep their stored values and repeating the first command line
+is fine. A different value is refused where it would break the run's continuity: the model
+always; a stage's --lr/--min-lr/--warmup once that stage has started; data, schedules and
+optimizer settings while a stage is in progress. --stage, --max-iters and validation options may
+always change. Exit status: 0 when done or stopped by --time-limit/--session-iters (state saved),
+128+N when stopped (and saved) by signal N, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.cli.common import fail, resolve_device
+
+MODEL_OPTIONS = {  # CLI dest -> DiffMambaConfig field
+    "dim": "dim", "blocks": "num_blocks", "d_state": "d_state", "expand": "ssm_expand",
+    "ffn_factor": "ffn_expansion_factor", "norm": "layer_norm_type",
+}
+PER_STAGE = ("max_iters", "lr", "min_lr", "warmup")
+PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_decay",
+         "ema_decay", "grad_clip", "steps", "alpha", "seed", "epoch_size", "val_count",
+         "val_patch", "val_seed", "init", "init_weights")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    return n
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return f
+
+
+def _blocks(value: str) -> list[int]:
+    try:
+        blocks = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not 4 comma-separated integers") from None
+    if len(blocks) != 4 or min(blocks) < 1:
+        raise argparse.ArgumentTypeError(f"need 4 positive block counts like 1,1,1,1, got {value}")
+    return blocks
+
+
+def _schedule(value: str) -> list[list[int]]:
+    from service.training.schedule import parse_piecewise
+
+    try:
+        return [list(e) for e in parse_piecewise(value)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from service.data.degrade import TASKS
+
+    p = sub.add_parser(
+        "train", help="train a Diff-Mamba model (two stages, resumable)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(run=run, train_action=None)
+    p.add_argument("--workdir", help="run folder: state.pt, log.jsonl, stage exports")
+    p.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+
+    d = p.add_argument_group("data")
+    d.add_argument("--task", choices=TASKS, help="degradation to learn (synthetic data)")
+    d.add_argument("--clean", help="clean photos: a pool (DIR/train, DIR/val) or a folder")
+    d.add_argument("--val-clean", help="held-out clean photos (default: the pool's val/)")
+    d.add_argument("--pairs", help="real pairs: DIR/input + DIR/target (Rain13K/SIDD/GoPro)")
+    d.add_argument("--val-pairs", help="held-out real pairs, same layout")
+    d.add_argument("--epoch-size", type=_positive_int,
+                   help="synthetic samples per epoch (default 10000)")
+    d.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="no random flips/rotations")
+    d.add_argument("--no-rotate", dest="rotate", action="store_false", default=None,
+                   help="flips only (pairs)")
+
+    m = p.add_argument_group("model (default: the published 36.6 M config)")
+    m.add_argument("--dim", type=_positive_int, help="width of level 1 (default 48)")
+    m.add_argument("--blocks", type=_blocks, help="blocks per level, e.g. 1,1,1,1 (4,6,6,8)")
+    m.add_argument("--d-state", type=_positive_int, help="SSM state size N (default 32)")
+    m.add_argument("--expand", type=_positive_float, help="SS2D expansion (default 2)")
+    m.add_argument("--ffn-factor", type=_positive_float, help="FFN expansion (default 2.66)")
+    m.add_argument("--norm", choices=("WithBias", "BiasFree"),
+                   help="LayerNorm type (default: BiasFree for denoise, else WithBias)")
+
+    t = p.add_argument_group("optimisation (A or A,B = stage 1, stage 2)")
+    t.add_argument("--stage", choices=("1", "2", "both"), help="stages to run (default both)")
+    t.add_argument("--max-iters", help="iterations per stage (default 300000,20000)")
+    t.add_argument("--lr", help="peak learning rate (default 3e-4,1e-5)")
+    t.add_argument("--min-lr", help="final cosine learning rate (default 1e-6,1e-7)")
+    t.add_argument("--warmup", help="linear warmup iterations (default 0,0)")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
+    t.add_argument("--ema-decay", type=float, help="EMA decay (default 0.999)")
+    t.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default)")
+    t.add_argument("--patch-schedule", type=_schedule,
+                   help="patch size from an iteration on, e.g. 64:0,96:2000,128:4000 (64)")
+    t.add_argument("--batch-schedule", type=_schedule,
+                   help="batch size from an iteration on, e.g. 8:0,4:2000 (default 8)")
+    t.add_argument("--steps", type=_positive_int, help="sampler steps S (default 4)")
+    t.add_argument("--alpha", type=float, help="stage-2 MS-SSIM weight (default 0.84)")
+    t.add_argument("--seed", type=int, help="seed of init, data and noise (default 0)")
+    t.add_argument("--init", help="stage-1 checkpoint to start stage 2 from (.pth/.safetensors)")
+    t.add_argument("--init-weights", choices=("ema", "params"),
+                   help="which stage-1 weights start stage 2 (default ema)")
+
+    v = p.add_argument_group("validation")
+    v.add_argument("--val-count", type=_non_negative_int, help="held-out crops (default 4)")
+    v.add_argument("--val-patch", type=_positive_int, help="their size (default 128)")
+    v.add_argument("--val-seed", type=int, help="their seed and x_T's (default 0)")
+    v.add_argument("--val-every", type=_non_negative_int, default=1000,
+                   help="validate every K iterations, 0 = only at stage ends (default 1000)")
+    v.add_argument("--val-batch", type=_positive_int, default=4, help="crops per pass")
+
+    r = p.add_argument_group("session")
+    r.add_argument("--save-every", type=_positive_int, default=500,
+                   help="write state.pt every K iterations (default 500)")
+    r.add_argument("--log-every", type=_positive_int, default=10,
+                   help="log.jsonl line every K iterations (default 10)")
+    r.add_argument("--time-limit", type=_positive_float, metavar="MINUTES",
+                   help="save and exit before this session runs longer")
+    r.add_argument("--session-iters", type=_positive_int, metavar="N",
+                   help="save and exit after N iterations in this session")
+    r.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads (default: all cores; on a shared machine fewer can be faster)")
+    r.add_argument("--workers", type=_non_negative_int, default=0,
+                   help="DataLoader worker processes (default 0)")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    r.add_argument("--output", help="also write the final stage's weights here (.safetensors"
+                   " + .pth beside it)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+
+    tsub = p.add_subparsers(dest="train_action", required=False, metavar="[export]")
+    e = tsub.add_parser("export", help="write a run's current weights as .safetensors + .pth")
+    e.add_argument("--workdir", required=True, help="the run folder (holds state.pt)")
+    e.add_argument("--output", required=True, help="target .safetensors (the .pth goes beside)")
+    e.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from service.training.export import export_from_workdir
+
+    try:
+        st, pth = export_from_workdir(args.workdir, args.output)
+    except (FileNotFoundError, ValueError) as exc:
+        return fail(str(exc))
+    print(f"wrote {st} and {pth}")
+    return 0
+
+
+def _floats_or_ints(text: str, cast: type, name: str) -> list[Any]:
+    try:
+        values = [cast(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--{name.replace('_', '-')}: {text!r} is not A or A,B") from None
+    if not 1 <= len(values) <= 2:
+        raise ValueError(f"--{name.replace('_', '-')}: give one value or two (stage 1,stage 2)")
+    return values
+
+
+def _per_stage(name: str, text: str, stage: str, base: tuple[Any, Any]) -> tuple[Any, Any]:
+    """``A`` applies to the stage being run (both stages for --max-iters/--warmup)."""
+    cast = int if name in ("max_iters", "warmup") else float
+    values = _floats_or_ints(text, cast, name)
+    if len(values) == 2:
+        return values[0], values[1]
+    (value,) = values
+    if stage == "1":
+        return value, base[1]
+    if stage == "2":
+        return base[0], value
+    if name in ("lr", "min_lr"):
+        raise ValueError(f"--{name.replace('_', '-')}: with --stage both give two values "
+                         "(stage 1,stage 2), e.g. 3e-4,1e-5")
+    return value, value
+
+
+def _given_options(args: argparse.Namespace, base: Any) -> dict[str, Any]:
+    """TrainConfig fields the user set on the command line (None = not given)."""
+    stage = args.stage or base.stage
+    given: dict[str, Any] = {k: getattr(args, k) for k in PLAIN}
+    given["augment"], given["rotate"] = args.augment, args.rotate
+    for name in PER_STAGE:
+        text = getattr(args, name)
+        given[name] = None if text is None else _per_stage(name, text, stage, getattr(base, name))
+    given["patch_schedule"] = args.patch_schedule
+    given["batch_schedule"] = args.batch_schedule
+    model_given = {MODEL_OPTIONS[k]: getattr(args, k) for k in MODEL_OPTIONS
+                   if getattr(args, k) is not None}
+    given["model"] = {**base.model, **model_given} if model_given else None
+    return given
+
+
+def _fresh_config(args: argparse.Namespace) -> Any:
+    from service.nn.diffmamba import DiffMambaConfig
+    from service.training.config import TrainConfig
+
+    model_given = {MODEL_OPTIONS[k]: getattr(args, k) for k in MODEL_OPTIONS
+                   if getattr(args, k) is not None}
+    if args.init and model_given:
+        raise ValueError("model size options cannot be combined with --init (the checkpoint "
+                         "fixes the model)")
+    if "layer_norm_type" not in model_given:
+        model_given["layer_norm_type"] = "BiasFree" if args.task == "denoise" else "WithBias"
+    model = DiffMambaConfig.from_dict(model_given).to_dict()
+    defaults = TrainConfig(model=model, clean=".", task="derain")  # for per-stage defaults
+    given = {k: v for k, v in _given_options(args, defaults).items() if v is not None}
+    given.pop("model", None)
+    if args.clean is None and args.pairs is None:
+        raise ValueError("no training data: give --task T --clean DIR or --pairs DIR")
+    if args.clean is not None and args.pairs is not None:
+        raise ValueError("give either --clean (synthetic) or --pairs (real), not both")
+    for flag, path in (("--clean", args.clean), ("--pairs", args.pairs),
+                       ("--val-clean", args.val_clean), ("--val-pairs", args.val_pairs),
+                       ("--init", args.init)):
+        if path is not None and not Path(path).exists():
+            raise ValueError(f"{flag} {path}: no such file or folder")
+    return TrainConfig(model=model, **given)
+
+
+def _set_threads(threads: int | None) -> int:
+    import torch
+
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except (ImportError, ValueError):
+        pass
+    return n
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.models import CheckpointError
+    from service.training.config import TrainConfig
+    from service.training.state import load_state, state_path
+    from service.training.trainer import RunOptions, Trainer
+
+    if not args.workdir:
+        return fail("train needs --workdir DIR (where the run's state and outputs live)")
+    workdir = Path(args.workdir)
+    has_state = state_path(workdir).is_file()
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        return fail(str(exc))
+    opts = RunOptions(
+        workdir=workdir, save_every=args.save_every, val_every=args.val_every,
+        val_batch=args.val_batch, log_every=args.log_every,
+        time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
+        session_iters=args.session_iters,
+        workers=args.workers, progress=args.progress, device=device,
+        output=Path(args.output) if args.output else None,
+    )
+    try:
+        if args.resume:
+            if not has_state:
+                return fail(f"--resume: no state.pt in {workdir} (start without --resume)")
+            stored = TrainConfig.from_dict(load_state(state_path(workdir))["config"])
+            given = _given_options(args, stored)
+            trainer = Trainer.resume(opts, given)
+        else:
+            if has_state:
+                return fail(f"{workdir} already holds a run (state.pt): add --resume to continue"
+                            " it, or choose another --workdir")
+            cfg = _fresh_config(args)
+            trainer = Trainer.create(cfg, opts)
+        _set_threads(args.threads)
+        reason = trainer.run()
+    except (ValueError, FileNotFoundError, CheckpointError, FloatingPointError) as exc:
+        return fail(str(exc))
+    where = f"stage {trainer.stage}, iteration {trainer.step}"
+    if reason == "done":
+        print(f"training done ({where}); exports in {workdir}", file=sys.stderr)
+        return 0
+    print(f"stopped ({reason}) at {where}; state saved in {workdir / 'state.pt'}; continue with"
+          " --resume", file=sys.stderr)
+    if reason in ("time_limit", "session_iters"):
+        return 0
+    signum = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}.get(reason, signal.SIGINT)
+    return 128 + int(signum)

@@ -1,0 +1,116 @@
+"""Everything that determines a training run's numbers, stored in the workdir's state.
+
+Why a frozen dataclass kept apart from the CLI: a resumed run must reuse exactly these values
+(the loss curve must continue bit-for-bit), so they are saved with the state and read back from
+it, while run-time knobs (threads, time limit, save/validation cadence) may change per session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from service.diffusion import MAX_STEPS
+from service.training.schedule import Piecewise, validate_piecewise
+
+STAGES = (1, 2)
+STAGE_CHOICES = ("1", "2", "both")
+
+
+def _pair(value: Any, cast: type) -> tuple[Any, Any]:
+    a, b = value
+    return cast(a), cast(b)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training plan. Per-stage values are (stage 1, stage 2) pairs."""
+
+    model: dict[str, Any]
+    task: str | None = None
+    clean: str | None = None  # synthetic degradations of these clean photos
+    val_clean: str | None = None
+    pairs: str | None = None  # or real pairs: DIR/input + DIR/target
+    val_pairs: str | None = None
+    stage: str = "both"
+    max_iters: tuple[int, int] = (300_000, 20_000)
+    lr: tuple[float, float] = (3e-4, 1e-5)
+    min_lr: tuple[float, float] = (1e-6, 1e-7)
+    warmup: tuple[int, int] = (0, 0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    ema_decay: float = 0.999
+    grad_clip: float = 0.0
+    patch_schedule: Piecewise = ((64, 0),)
+    batch_schedule: Piecewise = ((8, 0),)
+    steps: int = 4
+    alpha: float = 0.84
+    seed: int = 0
+    epoch_size: int = 10_000
+    augment: bool = True
+    rotate: bool = True
+    val_count: int = 4
+    val_patch: int = 128
+    val_seed: int = 0
+    init: str | None = None  # stage 2 without stage 1 in this workdir: start from this file
+    init_weights: str = "ema"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name, cast in (("max_iters", int), ("lr", float), ("min_lr", float),
+                           ("warmup", int), ("betas", float)):
+            set_(self, name, _pair(getattr(self, name), cast))
+        set_(self, "patch_schedule", validate_piecewise(self.patch_schedule, "patch schedule"))
+        set_(self, "batch_schedule", validate_piecewise(self.batch_schedule, "batch schedule"))
+        problems = []
+        if self.stage not in STAGE_CHOICES:
+            problems.append(f"stage must be one of {STAGE_CHOICES}, got {self.stage!r}")
+        if (self.clean is None) == (self.pairs is None):
+            problems.append("give exactly one data source: clean photos or pairs")
+        if self.clean is not None and self.task is None:
+            problems.append("synthetic data (clean photos) needs a task")
+        if min(self.max_iters) < 1:
+            problems.append(f"max_iters must be positive, got {self.max_iters}")
+        for s in (0, 1):
+            if not self.lr[s] > 0 or not 0 <= self.min_lr[s] <= self.lr[s]:
+                problems.append(f"stage {s + 1}: need lr > 0 and 0 <= min lr <= lr")
+            if not 0 <= self.warmup[s] < self.max_iters[s]:
+                problems.append(f"stage {s + 1}: warmup must be in [0, max iterations)")
+        if not 1 <= self.steps <= MAX_STEPS:
+            problems.append(f"sampler steps must be in 1..{MAX_STEPS}, got {self.steps}")
+        if not 0 <= self.alpha <= 1 or not 0 <= self.ema_decay <= 1:
+            problems.append("alpha and EMA decay must be in [0, 1]")
+        if self.epoch_size < 1 or self.val_count < 0 or self.val_patch < 1:
+            problems.append("epoch size, validation count and patch must be positive")
+        if self.init_weights not in ("ema", "params"):
+            problems.append("init weights must be 'ema' or 'params'")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        return STAGES if self.stage == "both" else (int(self.stage),)
+
+    def for_stage(self, stage: int) -> int:
+        """Index into the per-stage pairs."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        return stage - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists/dicts/scalars only, so the state file loads with weights_only=True."""
+        out = asdict(self)
+        for name in ("max_iters", "lr", "min_lr", "warmup", "betas"):
+            out[name] = list(out[name])
+        for name in ("patch_schedule", "batch_schedule"):
+            out[name] = [list(e) for e in out[name]]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training options in state: {unknown}")
+        return cls(**data)

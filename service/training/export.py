@@ -1,0 +1,81 @@
+"""Checkpoints for serving and for the authors' tools, from live or saved training weights.
+
+``.safetensors``: the EMA weights (what the release serves) with ``arch``/``config`` metadata, so
+``service.models.load_model`` needs no guessing. ``.pth``: BasicSR's ``{"params", "params_ema"}``
+of plain tensors, which the authors' code and ``torch.load(weights_only=True)`` both read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.models import write_safetensors
+from service.training.state import load_state, state_path
+
+ARCH = "diffmamba"
+
+
+def _plain(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Write to a temporary name, then rename: a server never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; exports are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def export_weights(
+    output: str | Path,
+    params: Mapping[str, torch.Tensor],
+    params_ema: Mapping[str, torch.Tensor],
+    model_config: dict[str, Any],
+    metadata: Mapping[str, Any],
+) -> tuple[Path, Path]:
+    """Write ``output`` (.safetensors, EMA weights) and the same stem with ``.pth``."""
+    out = Path(output)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    ema = _plain(params_ema)
+    _atomic(out, lambda p: write_safetensors(p, ema, ARCH, model_config, meta))
+    pth = out.with_suffix(".pth")
+    bundle = {"params": _plain(params), "params_ema": ema}
+    _atomic(pth, lambda p: torch.save(bundle, p))
+    return out, pth
+
+
+def export_from_workdir(workdir: str | Path, output: str | Path) -> tuple[Path, Path]:
+    """Export the current weights of a (possibly unfinished) run in ``workdir``."""
+    state = load_state(state_path(workdir))
+    return export_weights(output, state["model"], state["ema"], state["model_config"],
+                          stage_metadata(state["config"], state["stage"], state["step"]))
+
+
+def stage_metadata(config: Mapping[str, Any], stage: int, step: int) -> dict[str, str]:
+    """What the checkpoint is: task, stage, iterations, data, so a served model is traceable."""
+    data = config.get("pairs") or config.get("clean") or ""
+    return {
+        "task": str(config.get("task") or ""),
+        "stage": str(stage),
+        "iterations": str(step),
+        "weights": "ema",
+        "data": str(data),
+        "trained_by": "diffmamba train",
+        "sampler_steps": str(config.get("steps", "")),
+    }
