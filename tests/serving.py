@@ -49,3 +49,48 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
 def started_client(models_dir: Path, **overrides: object) -> TestClient:
     settings = Settings(models_dir=models_dir, device="cpu", **overrides)
     return TestClient(create_app(settings))
+
+
+class LiveServer:
+    """A real uvicorn server on a free loopback port, in a background thread.
+
+    For behaviour that needs a real connection (client disconnects), which the in-process
+    TestClient cannot show.
+    """
+
+    def __init__(self, models_dir: Path, **overrides: object) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        settings = Settings(models_dir=models_dir, device="cpu", **overrides)
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("live server not ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
