@@ -81,3 +81,13 @@ def test_inspect_and_convert(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert main(["convert", str(CKPT), str(out)]) == 0
     assert load_checkpoint(out).config == load_checkpoint(CKPT).config
     assert main(["convert", str(CKPT), str(tmp_path / "x.pth")]) == 2
+
+
+def test_large_image_is_restored_in_tiles(tmp_path: Path) -> None:
+    src = _write(tmp_path / "big.png", np.random.default_rng(1).integers(0, 256, (70, 90, 3),
+                                                                          dtype=np.uint8))
+    out = tmp_path / "o"
+    assert main(["restore", str(src), "--checkpoint", str(CKPT), "--steps", "1", "--seed", "0",
+                 "--tile", "32", "--overlap", "8", "--output", str(out)]) == 0
+    assert Image.open(out / "big.png").size == (90, 70)
+    assert main(["restore", str(src), "--checkpoint", str(CKPT), "--tile", "30"]) == 2

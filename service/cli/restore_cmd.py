@@ -10,9 +10,11 @@ import torch
 from tqdm import tqdm
 
 from service.cli.common import fail, resolve_device
-from service.diffusion import DEFAULT_STEPS, MAX_STEPS, DDIMSchedule, restore
+from service.diffusion import DEFAULT_STEPS, MAX_STEPS, DDIMSchedule
 from service.imaging import ImageError, from_tensor, read_image, to_tensor, write_image
 from service.models import CheckpointError, load_checkpoint
+from service.tiling import restore_tiled
+from service.tiling.grid import validate_tiling
 
 
 def _steps(value: str) -> int:
@@ -32,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["png", "jpeg", "webp", "tiff"], default=None,
                    help="output format (default: the input's, PNG for others)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--tile", type=int, default=256,
+                   help="tile size for large images (multiple of 8); memory stays bounded")
+    p.add_argument("--overlap", type=int, default=32, help="tile overlap (multiple of 8)")
+    p.add_argument("--max-batch", type=int, default=1, help="tiles per network pass")
     p.set_defaults(run=run)
 
 
@@ -45,6 +51,7 @@ def _output_path(src: Path, out_dir: Path, fmt: str | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        validate_tiling(args.tile, args.overlap)
         device = resolve_device(args.device)
         loaded = load_checkpoint(args.checkpoint, device=device)
     except (ValueError, CheckpointError) as exc:
@@ -66,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
                 failures += 1
                 bar.update(passes)
                 continue
-            cond = to_tensor(image).to(device)
             with torch.inference_mode():
-                out = restore(loaded.model, cond, steps=args.steps, seed=seed,
-                              on_step=lambda *_: bar.update(1))
+                out = restore_tiled(loaded.model, to_tensor(image), steps=args.steps, seed=seed,
+                                    tile=args.tile, overlap=args.overlap,
+                                    max_batch=max(1, args.max_batch), device=device,
+                                    on_step=lambda *_: bar.update(1))
             dest = _output_path(src, out_dir, args.format)
             write_image(dest, from_tensor(out.cpu()), image, args.format)
             tqdm.write(f"{src} -> {dest}")
