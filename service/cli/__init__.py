@@ -10,13 +10,16 @@ from collections.abc import Sequence
 from service.cli import (
     convert_cmd,
     data_cmd,
+    eval_cmd,
     inspect_cmd,
     restore_cmd,
     serve_cmd,
     train_cmd,
 )
 
-SUBCOMMANDS = (serve_cmd, restore_cmd, inspect_cmd, convert_cmd, data_cmd, train_cmd)
+SUBCOMMANDS = (
+    serve_cmd, restore_cmd, inspect_cmd, convert_cmd, data_cmd, train_cmd, eval_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
