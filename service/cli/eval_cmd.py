@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli.common import fail, resolve_device
+from service.cli.common import fail, int_in_range, resolve_device
 
 
 def _positive(value: str) -> int:
@@ -35,18 +35,10 @@ def _non_negative(value: str) -> int:
     return n
 
 
-def _steps(value: str) -> int:
-    from service.diffusion import MAX_STEPS
-
-    steps = int(value)
-    if not 1 <= steps <= MAX_STEPS:
-        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_STEPS}")
-    return steps
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from service.data.degrade import TASKS
-    from service.diffusion import DEFAULT_STEPS
+    from service.diffusion import DEFAULT_STEPS, MAX_STEPS
 
     p = sub.add_parser(
         "eval", help="PSNR/SSIM of input, classical baseline and model on evaluation pairs",
@@ -70,7 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="include the classical baseline row (default: yes)")
     p.add_argument("--crop-border", type=_non_negative, default=0,
                    help="pixels ignored at each border by the metrics (default 0)")
-    p.add_argument("--steps", type=_steps, default=DEFAULT_STEPS, help="sampling steps")
+    p.add_argument("--steps", type=int_in_range(1, MAX_STEPS), default=DEFAULT_STEPS,
+                   help="sampling steps")
     p.add_argument("--sampler-seed", type=int, default=0, help="x_T seed (fixed: repeatable)")
     p.add_argument("--tile", type=int, default=256,
                    help="images larger than this are restored tile by tile")

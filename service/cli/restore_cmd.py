@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from service.cli.common import fail, resolve_device
+from service.cli.common import fail, int_in_range, resolve_device
 from service.diffusion import DEFAULT_STEPS, MAX_STEPS, DDIMSchedule
 from service.imaging import ImageError, from_tensor, read_image, to_tensor, write_image
 from service.models import CheckpointError, load_checkpoint
@@ -17,18 +17,12 @@ from service.tiling import restore_tiled
 from service.tiling.grid import validate_tiling
 
 
-def _steps(value: str) -> int:
-    steps = int(value)
-    if not 1 <= steps <= MAX_STEPS:
-        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_STEPS}")
-    return steps
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore image files with a checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, WebP, TIFF or BMP")
     p.add_argument("--checkpoint", required=True, help=".safetensors or BasicSR .pth")
-    p.add_argument("--steps", type=_steps, default=DEFAULT_STEPS, help="sampling steps (1-50)")
+    p.add_argument("--steps", type=int_in_range(1, MAX_STEPS), default=DEFAULT_STEPS,
+                   help="sampling steps (1-50)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (random when absent)")
     p.add_argument("--output", default="restored", help="output directory")
     p.add_argument("--format", choices=["png", "jpeg", "webp", "tiff"], default=None,

@@ -26,7 +26,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli.common import fail, resolve_device
+from service.cli.common import (
+    fail,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
 
 MODEL_OPTIONS = {  # CLI dest -> DiffMambaConfig field
     "dim": "dim", "blocks": "num_blocks", "d_state": "d_state", "expand": "ssm_expand",
@@ -38,34 +44,7 @@ PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_de
          "val_patch", "val_seed", "init", "init_weights")
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
-    return n
 
-
-def _non_negative_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
-
-
-def _positive_float(value: str) -> float:
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not f > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return f
 
 
 def _blocks(value: str) -> list[int]:
@@ -103,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--val-clean", help="held-out clean photos (default: the pool's val/)")
     d.add_argument("--pairs", help="real pairs: DIR/input + DIR/target (Rain13K/SIDD/GoPro)")
     d.add_argument("--val-pairs", help="held-out real pairs, same layout")
-    d.add_argument("--epoch-size", type=_positive_int,
+    d.add_argument("--epoch-size", type=positive_int,
                    help="synthetic samples per epoch (default 10000)")
     d.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no random flips/rotations")
@@ -111,11 +90,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="flips only (pairs)")
 
     m = p.add_argument_group("model (default: the published 36.6 M config)")
-    m.add_argument("--dim", type=_positive_int, help="width of level 1 (default 48)")
+    m.add_argument("--dim", type=positive_int, help="width of level 1 (default 48)")
     m.add_argument("--blocks", type=_blocks, help="blocks per level, e.g. 1,1,1,1 (4,6,6,8)")
-    m.add_argument("--d-state", type=_positive_int, help="SSM state size N (default 32)")
-    m.add_argument("--expand", type=_positive_float, help="SS2D expansion (default 2)")
-    m.add_argument("--ffn-factor", type=_positive_float, help="FFN expansion (default 2.66)")
+    m.add_argument("--d-state", type=positive_int, help="SSM state size N (default 32)")
+    m.add_argument("--expand", type=positive_float, help="SS2D expansion (default 2)")
+    m.add_argument("--ffn-factor", type=positive_float, help="FFN expansion (default 2.66)")
     m.add_argument("--norm", choices=("WithBias", "BiasFree"),
                    help="LayerNorm type (default: BiasFree for denoise, else WithBias)")
 
@@ -132,7 +111,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="patch size from an iteration on, e.g. 64:0,96:2000,128:4000 (64)")
     t.add_argument("--batch-schedule", type=_schedule,
                    help="batch size from an iteration on, e.g. 8:0,4:2000 (default 8)")
-    t.add_argument("--steps", type=_positive_int, help="sampler steps S (default 4)")
+    t.add_argument("--steps", type=positive_int, help="sampler steps S (default 4)")
     t.add_argument("--alpha", type=float, help="stage-2 MS-SSIM weight (default 0.84)")
     t.add_argument("--seed", type=int, help="seed of init, data and noise (default 0)")
     t.add_argument("--init", help="stage-1 checkpoint to start stage 2 from (.pth/.safetensors)")
@@ -140,25 +119,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="which stage-1 weights start stage 2 (default ema)")
 
     v = p.add_argument_group("validation")
-    v.add_argument("--val-count", type=_non_negative_int, help="held-out crops (default 4)")
-    v.add_argument("--val-patch", type=_positive_int, help="their size (default 128)")
+    v.add_argument("--val-count", type=non_negative_int, help="held-out crops (default 4)")
+    v.add_argument("--val-patch", type=positive_int, help="their size (default 128)")
     v.add_argument("--val-seed", type=int, help="their seed and x_T's (default 0)")
-    v.add_argument("--val-every", type=_non_negative_int, default=1000,
+    v.add_argument("--val-every", type=non_negative_int, default=1000,
                    help="validate every K iterations, 0 = only at stage ends (default 1000)")
-    v.add_argument("--val-batch", type=_positive_int, default=4, help="crops per pass")
+    v.add_argument("--val-batch", type=positive_int, default=4, help="crops per pass")
 
     r = p.add_argument_group("session")
-    r.add_argument("--save-every", type=_positive_int, default=500,
+    r.add_argument("--save-every", type=positive_int, default=500,
                    help="write state.pt every K iterations (default 500)")
-    r.add_argument("--log-every", type=_positive_int, default=10,
+    r.add_argument("--log-every", type=positive_int, default=10,
                    help="log.jsonl line every K iterations (default 10)")
-    r.add_argument("--time-limit", type=_positive_float, metavar="MINUTES",
+    r.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
                    help="save and exit before this session runs longer")
-    r.add_argument("--session-iters", type=_positive_int, metavar="N",
+    r.add_argument("--session-iters", type=positive_int, metavar="N",
                    help="save and exit after N iterations in this session")
-    r.add_argument("--threads", type=_positive_int, default=None,
+    r.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: all cores; on a shared machine fewer can be faster)")
-    r.add_argument("--workers", type=_non_negative_int, default=0,
+    r.add_argument("--workers", type=non_negative_int, default=0,
                    help="DataLoader worker processes (default 0)")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     r.add_argument("--output", help="also write the final stage's weights here (.safetensors"
