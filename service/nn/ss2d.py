@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.nn.cross_scan import cross_merge, cross_scan
-from service.scan import selective_scan
+from service.scan import active_backend, selective_scan
+from service.scan.chunked import is_exporting
 
 DIRECTIONS = 4
 
@@ -40,6 +41,18 @@ def project_directions(
     dts, bs, cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
     dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight)
     return dts.reshape(b, k * d, length), bs.contiguous(), cs.contiguous()
+
+
+def cpu_fused(x: torch.Tensor) -> bool:
+    """Whether SS2D takes the fused CPU route (service.scan.cross: same numbers, a fraction of
+    the memory passes): float32 CPU tensors with the numba scan backend, not while exporting or
+    tracing (the exported graph must be the generic path's standard ops)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not is_exporting()
+        and active_backend(x.device) == "cpu"
+    )
 
 
 class SS2D(nn.Module):
@@ -92,7 +105,23 @@ class SS2D(nn.Module):
         )
         return cross_merge(y.reshape(xs.shape), h, w)
 
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` channels-last throughout: the halves of in_proj are computed apart so the
+        conv input is channels-last without a copy (the depthwise conv is also much faster so),
+        and the fused kernel reads and writes (B, H, W, d_inner) directly."""
+        from service.scan.cross import cross_selective_scan
+
+        d = self.d_inner
+        x, z = F.linear(x, self.in_proj.weight[:d]), F.linear(x, self.in_proj.weight[d:])
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        y = cross_selective_scan(
+            x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds
+        )
+        return self.out_proj(self.out_norm(y) * F.silu(z))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if cpu_fused(x):
+            return self.forward_fused(x)
         b, h, w, _ = x.shape
         xz = self.in_proj(x)
         x, z = xz.chunk(2, dim=-1)

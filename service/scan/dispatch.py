@@ -201,5 +201,7 @@ def warmup(device: torch.device | str | None = None) -> None:
     name, _ = _requested()  # ValueError on an unknown DIFFMAMBA_SCAN
     if name in ("auto", "cpu") and _cpu_kernel_imports():
         from service.scan.cpu import warmup as warmup_cpu
+        from service.scan.cross import warmup as warmup_cross
 
         warmup_cpu()
+        warmup_cross()
