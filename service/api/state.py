@@ -6,23 +6,15 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-import torch
-
 from service.batching import DynamicBatcher
 from service.metrics import ServiceMetrics
 from service.runtime import TaskModel, discover_tasks, load_task
+from service.runtime.device import resolve_device
 from service.scan import warmup as warm_scan
 from service.settings import Settings
 
 logger = logging.getLogger("service.api")
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("DIFFMAMBA_DEVICE=cuda but torch sees no GPU")
-    return torch.device(name)
 
 
 class MetricsObserver:

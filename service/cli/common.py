@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
+from service.runtime.device import resolve_device
+
+__all__ = ["fail", "int_in_range", "non_negative_int", "positive_float", "positive_int",
+           "resolve_device"]
 
 
 def fail(message: str, code: int = 2) -> int:
@@ -13,16 +16,6 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without it is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but torch sees no GPU (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r}: {exc}") from exc
 
 
 def int_in_range(low: int, high: int | None = None):
