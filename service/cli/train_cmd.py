@@ -114,7 +114,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=positive_int, help="sampler steps S (default 4)")
     t.add_argument("--alpha", type=float, help="stage-2 MS-SSIM weight (default 0.84)")
     t.add_argument("--seed", type=int, help="seed of init, data and noise (default 0)")
-    t.add_argument("--init", help="stage-1 checkpoint to start stage 2 from (.pth/.safetensors)")
+    t.add_argument("--init", help="start from these weights (.pth/.safetensors): a stage-1 "
+                   "checkpoint for --stage 2, or any Diff-Mamba checkpoint to fine-tune in stage 1")
     t.add_argument("--init-weights", choices=("ema", "params"),
                    help="which stage-1 weights start stage 2 (default ema)")
 
@@ -236,6 +237,10 @@ def _set_threads(threads: int | None) -> int:
     import torch
 
     n = threads or os.cpu_count() or 1
+    if "numba" not in sys.modules:
+        # numba's OpenMP pool starts NUMBA_NUM_THREADS workers however few a kernel then uses,
+        # and the idle ones spin: two 1-thread runs on 2 cores went from 1.75 to 0.2 it/s each.
+        os.environ.setdefault("NUMBA_NUM_THREADS", str(n))
     torch.set_num_threads(n)
     try:
         import numba
@@ -268,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, progress=args.progress, device=device,
         output=Path(args.output) if args.output else None,
     )
+    _set_threads(args.threads)
     try:
         if args.resume:
             if not has_state:
@@ -281,7 +287,6 @@ def run(args: argparse.Namespace) -> int:
                             " it, or choose another --workdir")
             cfg = _fresh_config(args)
             trainer = Trainer.create(cfg, opts)
-        _set_threads(args.threads)
         reason = trainer.run()
     except (ValueError, FileNotFoundError, CheckpointError, FloatingPointError) as exc:
         return fail(str(exc))

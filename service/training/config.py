@@ -52,7 +52,7 @@ class TrainConfig:
     val_count: int = 4
     val_patch: int = 128
     val_seed: int = 0
-    init: str | None = None  # stage 2 without stage 1 in this workdir: start from this file
+    init: str | None = None  # start weights (stage 1 fine-tuning, or stage 2 without stage 1)
     init_weights: str = "ema"
     extra: dict[str, Any] = field(default_factory=dict)
 

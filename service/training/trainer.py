@@ -147,12 +147,15 @@ class Trainer:
     # ----------------------------------------------------------------- construction
     @classmethod
     def create(cls, cfg: TrainConfig, opts: RunOptions) -> Trainer:
-        """A fresh run. Stage 2 first needs weights: ``cfg.init`` (a stage-1 checkpoint)."""
+        """A fresh run. Stage 2 first needs weights: ``cfg.init`` (a stage-1 checkpoint). With
+        ``cfg.init`` stage 1 starts from those weights instead of a random init: fine-tuning the
+        authors' checkpoint on one's own data, or one task's noise estimator for another task,
+        converges far sooner than training from scratch."""
         _seed_everything(cfg.seed)
-        if cfg.stages[0] == 2:
-            if cfg.init is None:
-                raise ValueError("stage 2 needs stage-1 weights: pass --init CHECKPOINT, or "
-                                 "--resume a workdir where stage 1 ran")
+        if cfg.stages[0] == 2 and cfg.init is None:
+            raise ValueError("stage 2 needs stage-1 weights: pass --init CHECKPOINT, or "
+                             "--resume a workdir where stage 1 ran")
+        if cfg.init is not None:
             model, model_cfg = _load_init(cfg.init, cfg.init_weights)
             cfg = dataclasses.replace(cfg, model=model_cfg.to_dict())
         else:
