@@ -59,6 +59,10 @@ class ServiceMetrics:
         self.queue_depth = Gauge(
             "diffmamba_queue_depth", "Tiles waiting in the batcher queue", ["task"], registry=r
         )
+        self.queue_capacity = Gauge(
+            "diffmamba_queue_capacity", "Queued tiles per task before 503 (max_queue_size)",
+            ["task"], registry=r,
+        )
         self.in_flight = Gauge(
             "diffmamba_requests_in_flight", "Restore requests being processed", ["task"],
             registry=r,
@@ -77,6 +81,10 @@ class ServiceMetrics:
         )
         self.gpu_peak = Gauge(
             "diffmamba_gpu_memory_peak_bytes", "torch.cuda.max_memory_allocated",
+            ["device"], registry=r,
+        )
+        self.gpu_total = Gauge(
+            "diffmamba_gpu_memory_total_bytes", "Total memory of the CUDA device",
             ["device"], registry=r,
         )
         self.resident_memory = Gauge(
@@ -116,6 +124,9 @@ class ServiceMetrics:
                 self.gpu_allocated.labels(device=label).set(torch.cuda.memory_allocated(index))
                 self.gpu_reserved.labels(device=label).set(torch.cuda.memory_reserved(index))
                 self.gpu_peak.labels(device=label).set(torch.cuda.max_memory_allocated(index))
+                self.gpu_total.labels(device=label).set(
+                    torch.cuda.get_device_properties(index).total_memory
+                )
 
     def render(self) -> bytes:
         self.refresh_process_gauges()

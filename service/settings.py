@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
+EngineName = Literal["torch", "compile", "onnxruntime", "tensorrt"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIFFMAMBA_", extra="ignore")
@@ -30,6 +33,16 @@ class Settings(BaseSettings):
     )
     drain_timeout_s: float = Field(30.0, ge=0)
     warmup: bool = True
+    # Engines for the network pass (service.engines): built or loaded and warmed at start-up.
+    engine: EngineName = Field("torch", description="torch, compile, onnxruntime or tensorrt")
+    task_engines: dict[str, EngineName] = Field(
+        default_factory=dict, description='per-task override, JSON: {"denoise": "onnxruntime"}'
+    )
+    engine_cache_dir: Path | None = Field(
+        None, description="exported engines when the models directory is read-only"
+    )
+    precision: Precision = Field("fp32", description="CUDA autocast for the torch engines")
+    cuda_graphs: bool = Field(True, description="replay CUDA graphs for full tiles (torch, CUDA)")
 
     @field_validator("tile_size", "tile_overlap")
     @classmethod

@@ -338,3 +338,18 @@ def test_resume_refuses_changes_that_break_continuity(
         assert code == 2
         err = capsys.readouterr().err
         assert "cannot change on --resume" in err and what in err
+
+
+def test_stage1_can_fine_tune_from_a_checkpoint(pool: Path, tmp_path: Path) -> None:
+    """--init in stage 1 starts from the given weights (here the authors' tiny fixture) with
+    their config, rather than from a random init of the command line's sizes."""
+    fixture = Path(__file__).parent / "fixtures" / "diffmamba" / "tiny_biasfree_checkpoint.pth"
+    start = load_model(fixture)
+    trainer = Trainer.create(_config(pool, init=str(fixture), max_iters=(1, 1)),
+                             _opts(tmp_path / "run"))
+    assert trainer.cfg.model == start.config.to_dict()
+    for name, value in start.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], value), name
+    assert trainer.run() == "done"
+    assert any(not torch.equal(trainer.model.state_dict()[k], v)
+               for k, v in start.state_dict().items())

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import __version__
+from service.api.drain import InFlightMiddleware
 from service.api.errors import error_response, install_error_handlers
 from service.api.restore import router as restore_router
 from service.api.state import ServiceState
@@ -28,11 +29,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            state.draining = True
+            # Under `diffmamba serve` the drain already ran (service.api.drain); under plain
+            # uvicorn this is the best-effort drain: queued tiles finish before the batchers stop.
+            state.begin_drain(state.settings.drain_timeout_s)
             loader.cancel()
             with contextlib.suppress(BaseException):
                 await loader
-            await state.stop(state.settings.drain_timeout_s)
+            await state.stop(state.drain_time_left())
 
     app = FastAPI(
         title="Diff-Mamba restoration service",
@@ -42,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = state
     install_error_handlers(app)
+    app.add_middleware(InFlightMiddleware, state=state)
     app.include_router(restore_router)
 
     @app.get("/healthz", summary="Liveness: the process answers")

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from service.api.body import read_image_upload
 from service.api.errors import ApiError
-from service.api.pipeline import restore_diffusion
+from service.api.pipeline import restore_diffusion, restore_single_pass
 from service.api.state import ServiceState
 from service.batching import (
     BatcherClosedError,
@@ -24,6 +24,7 @@ from service.batching import (
     StepTiming,
 )
 from service.imaging import ImageError, decode_image, encode_image, from_tensor, to_tensor
+from service.tiling import fits_whole
 
 router = APIRouter()
 T = TypeVar("T")
@@ -77,12 +78,15 @@ def _check_tile(tile: int | None, overlap: int) -> None:
 async def restore_endpoint(
     request: Request,
     task: str = Query(..., description="derain, denoise, deblur or another served task"),
-    steps: int | None = Query(None, ge=1, le=50, description="sampling steps (default: task's)"),
-    seed: int | None = Query(None, ge=0, le=SEED_MAX, description="noise seed; random if absent"),
+    steps: int | None = Query(None, ge=1, le=50, description="sampling steps (default: task's;"
+                             " ignored by single-pass tasks)"),
+    seed: int | None = Query(None, ge=0, le=SEED_MAX, description="noise seed; random if absent"
+                             " (diffusion tasks only)"),
     format: Literal["png", "jpeg", "webp"] | None = Query(
         None, description="output format (default: the input's, else PNG)"
     ),
-    tile: int | None = Query(None, ge=16, le=4096, description="tile size override"),
+    tile: int | None = Query(None, ge=16, le=4096, description="tile size override (single-pass"
+                             " tasks: tile even images under the whole-image budget)"),
 ) -> Response:
     state = _state(request)
     settings = state.settings
@@ -130,17 +134,26 @@ async def _restore(request: Request, state: ServiceState, task_name: str, steps:
         raise ApiError(exc.status, exc.error, exc.detail) from exc
     t_decoded = time.perf_counter()
 
+    diffusion = model.kind == "diffusion"
     seed = secrets.randbelow(2**31) if seed is None else seed
     steps = steps or model.default_steps
     tile_size = tile or settings.tile_size
+    overlap = min(settings.tile_overlap, tile_size - 8)
     timing = StepTiming()
     deadline = time.monotonic() + settings.request_timeout_s
     cond = to_tensor(image)
+    if diffusion:
+        work = restore_diffusion(model, cond, steps=steps, seed=seed, tile=tile_size,
+                                 overlap=overlap, deadline=deadline, timing=timing)
+    else:
+        # Whole images up to the pixel budget (the channel branch pools over the whole image),
+        # tiles above it or when the client asks for a tile size; steps and seed do not apply.
+        h, w = cond.shape[-2:]
+        whole = tile is None and fits_whole(h, w, settings.whole_image_max_pixels)
+        work = restore_single_pass(model, cond, tile=None if whole else tile_size,
+                                   overlap=overlap, deadline=deadline, timing=timing)
     try:
-        restored, tiles = await _cancel_on_disconnect(request, restore_diffusion(
-            model, cond, steps=steps, seed=seed, tile=tile_size,
-            overlap=min(settings.tile_overlap, tile_size - 8), deadline=deadline, timing=timing,
-        ))
+        restored, tiles = await _cancel_on_disconnect(request, work)
     except QueueFullError as exc:
         retry = max(1, int(exc.retry_after_s + 0.999))
         raise ApiError(503, "queue_full", str(exc), {"Retry-After": str(retry)}) from exc
@@ -168,6 +181,7 @@ async def _restore(request: Request, state: ServiceState, task_name: str, steps:
         f"compute;dur={max(compute_wall - timing.queue_s, 0.0) * 1e3:.1f}",
         f"encode;dur={(t_encoded - t_computed) * 1e3:.1f}",
     ])
-    headers = {"X-Request-ID": rid, "X-Seed": str(seed), "Server-Timing": server_timing,
-               "X-Tiles": str(tiles), "X-Steps": str(steps)}
+    headers = {"X-Request-ID": rid, "Server-Timing": server_timing, "X-Tiles": str(tiles)}
+    if diffusion:
+        headers.update({"X-Seed": str(seed), "X-Steps": str(steps)})
     return Response(content=data, media_type=media_type, headers=headers)

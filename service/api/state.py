@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from service.batching import DynamicBatcher
+from service.engines import EngineOptions
 from service.metrics import ServiceMetrics
 from service.runtime import TaskModel, discover_tasks, load_task
 from service.runtime.device import resolve_device
@@ -42,6 +44,23 @@ class ServiceState:
     ready: bool = False
     draining: bool = False
     load_error: str | None = None
+    # HTTP requests being served (InFlightMiddleware); the drain waits for this to reach 0.
+    in_flight: int = 0
+    # time.monotonic() by which a drain must end; None while not draining.
+    drain_deadline: float | None = None
+
+    def begin_drain(self, timeout: float) -> None:
+        """Refuse new work from now on (/readyz and /restore answer 503); idempotent."""
+        self.draining = True
+        if self.drain_deadline is None:
+            self.drain_deadline = time.monotonic() + timeout
+        self.metrics.ready.set(0)
+
+    def drain_time_left(self) -> float:
+        """Seconds left for the batchers to finish at shutdown: what the drain has not used."""
+        if self.drain_deadline is None:
+            return self.settings.drain_timeout_s
+        return max(0.0, self.drain_deadline - time.monotonic())
 
     def _load_models(self) -> list[TaskModel]:
         device = resolve_device(self.settings.device)
@@ -52,7 +71,8 @@ class ServiceState:
             warm_scan()
         loaded = []
         for entry in entries:
-            task = load_task(entry, device, self.settings.default_steps, self.settings.warmup)
+            task = load_task(entry, device, self.settings.default_steps, self.settings.warmup,
+                             EngineOptions.for_task(self.settings, entry.task))
             logger.info("task %s: %s (%s, %d params) on %s in %.1f s", task.name,
                         entry.path.name, task.loaded.arch, task.loaded.num_params, device,
                         task.load_seconds)
@@ -83,11 +103,12 @@ class ServiceState:
                 lambda b=batcher: b.queue_depth
             )
             self.metrics.model_load_seconds.labels(task=task.name).set(task.load_seconds)
+            self.metrics.queue_capacity.labels(task=task.name).set(s.max_queue_size)
             self.metrics.describe_model(task.name, task.loaded.arch, task.kind,
                                         task.loaded.sha256, task.loaded.config.to_dict())
             self.tasks[task.name] = task
         self.ready = True
-        self.metrics.ready.set(1)
+        self.metrics.ready.set(0 if self.draining else 1)
         logger.info("ready: tasks %s", sorted(self.tasks))
 
     async def stop(self, drain_timeout: float | None = None) -> None:

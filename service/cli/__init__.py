@@ -11,6 +11,7 @@ from service.cli import (
     convert_cmd,
     data_cmd,
     eval_cmd,
+    export_cmd,
     inspect_cmd,
     restore_cmd,
     serve_cmd,
@@ -18,7 +19,8 @@ from service.cli import (
 )
 
 SUBCOMMANDS = (
-    serve_cmd, restore_cmd, inspect_cmd, convert_cmd, data_cmd, train_cmd, eval_cmd,
+    serve_cmd, restore_cmd, inspect_cmd, convert_cmd, export_cmd, data_cmd, train_cmd,
+    eval_cmd,
 )
 
 

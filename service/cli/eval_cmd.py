@@ -110,7 +110,7 @@ def _load_pairs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """(ModelRestorer, model info) or raises ValueError with a user-facing message."""
-    from service.evaluation.runner import ModelRestorer
+    from service.evaluation.runner import ModelRestorer, SinglePassRestorer
     from service.models import CheckpointError, load_checkpoint
 
     try:
@@ -118,11 +118,12 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         loaded = load_checkpoint(args.checkpoint, device=device)
     except (OSError, CheckpointError) as exc:
         raise ValueError(f"cannot load {args.checkpoint}: {exc}") from exc
-    if loaded.kind != "diffusion":
-        raise ValueError(f"{loaded.arch} checkpoints are single-pass; eval supports diffusion "
-                         "models only")
-    restorer = ModelRestorer(loaded.model, args.steps, args.sampler_seed, args.tile,
-                             args.overlap, device)
+    restorer: ModelRestorer | SinglePassRestorer
+    if loaded.kind == "diffusion":
+        restorer = ModelRestorer(loaded.model, args.steps, args.sampler_seed, args.tile,
+                                 args.overlap, device)
+    else:  # steps and sampler seed do not apply
+        restorer = SinglePassRestorer(loaded.model, args.tile, args.overlap, device)
     info = {"checkpoint": str(args.checkpoint), "sha256": loaded.sha256, "arch": loaded.arch,
             "params": loaded.num_params, "steps": args.steps, "sampler_seed": args.sampler_seed,
             "tile": args.tile, "overlap": args.overlap, "device": str(device)}

@@ -1,4 +1,8 @@
-"""``diffmamba restore IMAGE... --checkpoint PATH``: restore files from the command line."""
+"""``diffmamba restore IMAGE... --checkpoint PATH``: restore files from the command line.
+
+Diffusion checkpoints run the tiled sampler; single-pass ones (VmambaIR) run whole images up to
+``--whole-max-pixels`` (their channel branch pools over the whole image) and tiles above it.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from service.cli.common import fail, int_in_range, resolve_device
 from service.diffusion import DEFAULT_STEPS, MAX_STEPS, DDIMSchedule
 from service.imaging import ImageError, from_tensor, read_image, to_tensor, write_image
 from service.models import CheckpointError, load_checkpoint
-from service.tiling import restore_tiled
+from service.tiling import fits_whole, restore_tiled, run_single_pass
 from service.tiling.grid import validate_tiling
 
 
@@ -32,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="tile size for large images (multiple of 8); memory stays bounded")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap (multiple of 8)")
     p.add_argument("--max-batch", type=int, default=1, help="tiles per network pass")
+    p.add_argument("--whole-max-pixels", type=int, default=512 * 512,
+                   help="single-pass models: run images up to this many pixels whole, tile"
+                        " larger ones (default 262144)")
     p.set_defaults(run=run)
 
 
@@ -50,12 +57,11 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_checkpoint(args.checkpoint, device=device)
     except (ValueError, CheckpointError) as exc:
         return fail(str(exc))
-    if loaded.kind != "diffusion":
-        return fail(f"{loaded.arch} checkpoints are single-pass; not supported by this command yet")
+    single_pass = loaded.kind != "diffusion"
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    passes = len(DDIMSchedule().timestep_pairs(args.steps))
+    passes = 1 if single_pass else len(DDIMSchedule().timestep_pairs(args.steps))
     failures = 0
     with tqdm(total=passes * len(args.images), unit="pass", desc="restoring") as bar:
         for name in args.images:
@@ -67,13 +73,22 @@ def run(args: argparse.Namespace) -> int:
                 failures += 1
                 bar.update(passes)
                 continue
+            cond = to_tensor(image)
             with torch.inference_mode():
-                out = restore_tiled(loaded.model, to_tensor(image), steps=args.steps, seed=seed,
-                                    tile=args.tile, overlap=args.overlap,
-                                    max_batch=max(1, args.max_batch), device=device,
-                                    on_step=lambda *_: bar.update(1))
+                if single_pass:
+                    whole = fits_whole(*cond.shape[-2:], args.whole_max_pixels)
+                    out = run_single_pass(loaded.model, cond, tile=None if whole else args.tile,
+                                          overlap=args.overlap, max_batch=max(1, args.max_batch),
+                                          device=device)
+                    bar.update(1)
+                else:
+                    out = restore_tiled(loaded.model, cond, steps=args.steps, seed=seed,
+                                        tile=args.tile, overlap=args.overlap,
+                                        max_batch=max(1, args.max_batch), device=device,
+                                        on_step=lambda *_: bar.update(1))
             dest = _output_path(src, out_dir, args.format)
             write_image(dest, from_tensor(out.cpu()), image, args.format)
             tqdm.write(f"{src} -> {dest}")
-    print(f"seed {seed}; {len(args.images) - failures} restored, {failures} failed")
+    prefix = "" if single_pass else f"seed {seed}; "
+    print(f"{prefix}{len(args.images) - failures} restored, {failures} failed")
     return 1 if failures else 0

@@ -1,33 +1,47 @@
-"""``diffmamba serve``: the HTTP service with settings from flags and ``DIFFMAMBA_*``."""
+"""``diffmamba serve``: the HTTP service with settings from flags and ``DIFFMAMBA_*``.
+
+``--host``, ``--port`` and ``--log-level`` also read ``DIFFMAMBA_HOST``, ``DIFFMAMBA_PORT`` and
+``DIFFMAMBA_LOG_LEVEL``, so a container is configured from its environment alone. The server
+drains on SIGTERM (see ``service.api.drain``) and then exits with status 0.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from pydantic import ValidationError
 
 from service.cli.common import fail
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# Read here rather than by Settings (they configure the server, not the service).
+ENV_VARS = ("DIFFMAMBA_HOST", "DIFFMAMBA_PORT", "DIFFMAMBA_LOG_LEVEL")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the restoration HTTP service")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default=os.environ.get("DIFFMAMBA_HOST", "127.0.0.1"),
+                   help="bind address (DIFFMAMBA_HOST, default 127.0.0.1)")
+    # A string default goes through ``type`` too: a bad DIFFMAMBA_PORT is an argparse error.
+    p.add_argument("--port", type=int, default=os.environ.get("DIFFMAMBA_PORT", "8000"),
+                   help="TCP port (DIFFMAMBA_PORT, default 8000)")
     p.add_argument("--models", default=None, help="models directory (DIFFMAMBA_MODELS_DIR)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="DIFFMAMBA_DEVICE (default auto)")
-    p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default=os.environ.get("DIFFMAMBA_LOG_LEVEL", "info").lower(),
+                   choices=LOG_LEVELS, help="DIFFMAMBA_LOG_LEVEL (default info)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from service.api import create_app
+    from service.api.drain import serve
     from service.settings import Settings
 
+    if args.log_level not in LOG_LEVELS:  # argparse checks choices on the command line only
+        return fail(f"invalid log level {args.log_level!r}; choose from {', '.join(LOG_LEVELS)}")
     overrides = {k: v for k, v in {"models_dir": args.models, "device": args.device}.items()
                  if v is not None}
     try:
@@ -37,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
     if not settings.models_dir.is_dir():
         return fail(f"models directory not found: {settings.models_dir}")
     logging.getLogger("service").setLevel(args.log_level.upper())
-    uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                log_level=args.log_level)
+    app = create_app(settings)
+    serve(app, app.state.service, host=args.host, port=args.port, log_level=args.log_level)
     return 0

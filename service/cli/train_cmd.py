@@ -5,6 +5,9 @@
 * ``train --workdir DIR --resume [--time-limit MIN]``: continue bit-for-bit from DIR/state.pt.
 * ``train export --workdir DIR --output models/derain.safetensors``: the run's current weights
   (EMA in the .safetensors; params and params_ema in the .pth written beside it).
+* ``train --model vmambair ...``: VmambaIR instead, one stage of L1 regression (``--stage``
+  is 1 or left out; the sampler options do not apply). Without explicit schedules it uses the
+  progressive patches of the Restormer deraining recipe the release builds on (see below).
 
 Per-stage options (``--max-iters``, ``--lr``, ``--min-lr``, ``--warmup``) take ``A`` or ``A,B``
 (stage 1, stage 2); one value applies to the stage being run (to both for --max-iters/--warmup).
@@ -34,14 +37,26 @@ from service.cli.common import (
     resolve_device,
 )
 
-MODEL_OPTIONS = {  # CLI dest -> DiffMambaConfig field
+MODEL_OPTIONS = {  # CLI dest -> DiffMambaConfig / VmambaIRConfig field
     "dim": "dim", "blocks": "num_blocks", "d_state": "d_state", "expand": "ssm_expand",
     "ffn_factor": "ffn_expansion_factor", "norm": "layer_norm_type",
+    "refinement_blocks": "num_refinement_blocks",
+}
+SINGLE_PASS_ONLY = ("refinement_blocks",)
+RELEASE_SCHEDULES = {  # model -> (patch schedule, batch schedule) when none is given
+    # Restormer's deraining recipe (VmambaIR's training code is Restormer's): patches grow
+    # 128 -> 384 while the batch shrinks 8 -> 1, over 300k iterations.
+    "vmambair": (
+        [[128, 0], [160, 92_000], [192, 156_000], [256, 204_000], [320, 240_000],
+         [384, 276_000]],
+        [[8, 0], [5, 92_000], [4, 156_000], [2, 204_000], [1, 240_000]],
+    ),
 }
 PER_STAGE = ("max_iters", "lr", "min_lr", "warmup")
 PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_decay",
          "ema_decay", "grad_clip", "steps", "alpha", "seed", "epoch_size", "val_count",
          "val_patch", "val_seed", "init", "init_weights")
+MODELS = ("diffmamba", "vmambair")
 
 
 
@@ -70,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from service.data.degrade import TASKS
 
     p = sub.add_parser(
-        "train", help="train a Diff-Mamba model (two stages, resumable)",
+        "train", help="train a Diff-Mamba (two stages) or VmambaIR model, resumable",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(run=run, train_action=None)
     p.add_argument("--workdir", help="run folder: state.pt, log.jsonl, stage exports")
@@ -89,11 +104,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--no-rotate", dest="rotate", action="store_false", default=None,
                    help="flips only (pairs)")
 
-    m = p.add_argument_group("model (default: the published 36.6 M config)")
+    m = p.add_argument_group("model (default: the published config, Diff-Mamba 36.6 M or "
+                             "VmambaIR 28.7 M)")
+    m.add_argument("--model", choices=MODELS, help="network (default diffmamba)")
     m.add_argument("--dim", type=positive_int, help="width of level 1 (default 48)")
-    m.add_argument("--blocks", type=_blocks, help="blocks per level, e.g. 1,1,1,1 (4,6,6,8)")
-    m.add_argument("--d-state", type=positive_int, help="SSM state size N (default 32)")
-    m.add_argument("--expand", type=positive_float, help="SS2D expansion (default 2)")
+    m.add_argument("--blocks", type=_blocks,
+                   help="blocks per level, e.g. 1,1,1,1 (4,6,6,8; VmambaIR 3,5,7,9)")
+    m.add_argument("--refinement-blocks", type=non_negative_int,
+                   help="VmambaIR refinement blocks at full resolution (default 2)")
+    m.add_argument("--d-state", type=positive_int,
+                   help="SSM state size N (default 32; VmambaIR 16)")
+    m.add_argument("--expand", type=positive_float,
+                   help="SSM expansion (default 2; VmambaIR 1)")
     m.add_argument("--ffn-factor", type=positive_float, help="FFN expansion (default 2.66)")
     m.add_argument("--norm", choices=("WithBias", "BiasFree"),
                    help="LayerNorm type (default: BiasFree for denoise, else WithBias)")
@@ -203,24 +225,40 @@ def _given_options(args: argparse.Namespace, base: Any) -> dict[str, Any]:
     model_given = {MODEL_OPTIONS[k]: getattr(args, k) for k in MODEL_OPTIONS
                    if getattr(args, k) is not None}
     given["model"] = {**base.model, **model_given} if model_given else None
+    given["arch"] = args.model
     return given
 
 
 def _fresh_config(args: argparse.Namespace) -> Any:
-    from service.nn.diffmamba import DiffMambaConfig
+    from service.models.registry import ARCHITECTURES
     from service.training.config import TrainConfig
 
+    arch = args.model or "diffmamba"
     model_given = {MODEL_OPTIONS[k]: getattr(args, k) for k in MODEL_OPTIONS
                    if getattr(args, k) is not None}
     if args.init and model_given:
         raise ValueError("model size options cannot be combined with --init (the checkpoint "
                          "fixes the model)")
+    single_pass = ARCHITECTURES[arch].kind == "single_pass"
+    if not single_pass:
+        for name in SINGLE_PASS_ONLY:
+            if getattr(args, name) is not None:
+                raise ValueError(f"--{name.replace('_', '-')} applies to --model vmambair only")
+    elif args.stage not in (None, "1"):
+        raise ValueError(f"--model {arch} trains in one stage (L1 regression): --stage "
+                         f"{args.stage} does not apply")
     if "layer_norm_type" not in model_given:
         model_given["layer_norm_type"] = "BiasFree" if args.task == "denoise" else "WithBias"
-    model = DiffMambaConfig.from_dict(model_given).to_dict()
-    defaults = TrainConfig(model=model, clean=".", task="derain")  # for per-stage defaults
+    model = ARCHITECTURES[arch].config_from_dict(model_given).to_dict()
+    stage = "1" if single_pass else "both"
+    defaults = TrainConfig(model=model, arch=arch, clean=".", task="derain", stage=stage)
     given = {k: v for k, v in _given_options(args, defaults).items() if v is not None}
     given.pop("model", None)
+    given["arch"], given["stage"] = arch, given.get("stage", stage)
+    if arch in RELEASE_SCHEDULES:
+        patches, batches = RELEASE_SCHEDULES[arch]
+        given.setdefault("patch_schedule", patches)
+        given.setdefault("batch_schedule", batches)
     if args.clean is None and args.pairs is None:
         raise ValueError("no training data: give --task T --clean DIR or --pairs DIR")
     if args.clean is not None and args.pairs is not None:

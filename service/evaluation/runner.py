@@ -170,3 +170,39 @@ class ModelRestorer:
         cond = torch.full((1, 3, WARMUP_SIDE, WARMUP_SIDE), 0.5, device=self.device)
         with torch.inference_mode():
             restore(self.model, cond, steps=1, seed=0)
+
+
+class SinglePassRestorer:
+    """Single-pass network (VmambaIR) -> ``Restorer``: whole images up to ``whole_max_pixels``
+    (the service's default budget), blended tiles above it."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tile: int = 256,
+        overlap: int = 32,
+        device: torch.device | str = "cpu",
+        whole_max_pixels: int = 512 * 512,
+    ) -> None:
+        from service.tiling.grid import validate_tiling
+
+        validate_tiling(tile, overlap)
+        self.model, self.tile, self.overlap = model, int(tile), int(overlap)
+        self.device = torch.device(device)
+        self.whole_max_pixels = int(whole_max_pixels)
+
+    def __call__(self, degraded: np.ndarray) -> np.ndarray:
+        from service.imaging import from_tensor
+        from service.tiling import fits_whole, run_single_pass
+
+        chw = np.ascontiguousarray(np.asarray(degraded, dtype=np.float32).transpose(2, 0, 1))
+        image = torch.from_numpy(chw).unsqueeze(0)
+        whole = fits_whole(*image.shape[-2:], self.whole_max_pixels)
+        out = run_single_pass(self.model, image, tile=None if whole else self.tile,
+                              overlap=self.overlap, device=self.device)
+        return from_tensor(out)
+
+    def warmup(self) -> None:
+        """One untimed pass on a tiny image (JIT compilation, CUDA context, caches)."""
+        with torch.inference_mode():
+            self.model(torch.full((1, 3, WARMUP_SIDE, WARMUP_SIDE), 0.5, device=self.device))

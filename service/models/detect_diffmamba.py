@@ -35,7 +35,7 @@ def _shape(sd: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
     return tuple(sd[key].shape)
 
 
-def _ffn_expansion(widths_hidden: list[tuple[int, int]]) -> float:
+def fit_ffn_expansion(widths_hidden: list[tuple[int, int]]) -> float:
     """A factor f with int(c·f) == hidden at every level; 2.66 (the release's) when it fits."""
     lo = max(h / c for c, h in widths_hidden)
     hi = min((h + 1) / c for c, h in widths_hidden)
@@ -78,7 +78,7 @@ def detect_diffmamba_config(sd: dict[str, torch.Tensor]) -> DiffMambaConfig:
         d_state=d_state,
         ssm_expand=expand,
         dt_rank=dt_rank,
-        ffn_expansion_factor=_ffn_expansion(hidden),
+        ffn_expansion_factor=fit_ffn_expansion(hidden),
         layer_norm_type="WithBias" if with_bias else "BiasFree",
         inp_channels=inp_channels,
         out_channels=out_channels,

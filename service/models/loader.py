@@ -52,9 +52,13 @@ def _pick_architecture(sd: StateDict, meta: Mapping[str, Any]) -> tuple[Architec
             except (TypeError, ValueError) as exc:
                 raise CheckpointError(f"metadata config is invalid for {arch_name}: {exc}") from exc
         return arch, arch.detect(sd)
-    for arch in ARCHITECTURES.values():
-        if arch.matches(sd):
-            return arch, arch.detect(sd)
+    matching = [arch for arch in ARCHITECTURES.values() if arch.matches(sd)]
+    if len(matching) > 1:  # the signatures are meant to be disjoint; never guess between them
+        raise CheckpointError(
+            f"ambiguous checkpoint: the keys match {[a.name for a in matching]}"
+        )
+    if matching:
+        return matching[0], matching[0].detect(sd)
     sample = sorted(sd)[:MAX_LISTED]
     raise CheckpointError(
         f"unrecognised architecture: the keys match none of {sorted(ARCHITECTURES)}"

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from service.models.detect_diffmamba import detect_diffmamba_config, looks_like_diffmamba
+from service.models.detect_vmambair import detect_vmambair_config, looks_like_vmambair
 from service.nn.diffmamba import DiffMamba, DiffMambaConfig
+from service.nn.vmambair import VmambaIR, VmambaIRConfig
 
 
 @dataclass(frozen=True)
@@ -39,5 +41,15 @@ register(
         detect=detect_diffmamba_config,
         config_from_dict=DiffMambaConfig.from_dict,
         build=DiffMamba,
+    )
+)
+register(
+    Architecture(
+        name="vmambair",
+        kind="single_pass",
+        matches=looks_like_vmambair,
+        detect=detect_vmambair_config,
+        config_from_dict=VmambaIRConfig.from_dict,
+        build=VmambaIR,
     )
 )

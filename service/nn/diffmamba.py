@@ -11,16 +11,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from service.nn.ffn import GatedDConvFeedForward
 from service.nn.norms import LAYER_NORM_TYPES, ChannelLayerNorm
-from service.nn.resample import Downsample, PatchEmbed, Upsample
+from service.nn.resample import MULTIPLE, Downsample, PatchEmbed, Upsample, pad_to_multiple
 from service.nn.ss2d import SS2D
 from service.nn.time_embedding import sinusoidal_silu_embedding
 
-MULTIPLE = 8  # three 2x downsamplings
+__all__ = ["MULTIPLE", "DiffMamba", "DiffMambaConfig", "pad_to_multiple"]
 
 
 @dataclass(frozen=True)
@@ -99,16 +98,6 @@ class TimeConditionedStage(nn.ModuleList):
         for block in self:
             x = block(x, temb)
         return x
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int = MULTIPLE) -> torch.Tensor:
-    """Reflect-pad bottom/right to a multiple; replicate where the image is too small to reflect."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 class DiffMamba(nn.Module):

@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+MULTIPLE = 8
+"""Both U-Nets downsample three times by 2, so their inputs must be multiples of 8."""
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = MULTIPLE) -> torch.Tensor:
+    """Reflect-pad bottom/right to a multiple (as both releases' test scripts do); replicate
+    where the image is too small to reflect."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 class Downsample(nn.Module):

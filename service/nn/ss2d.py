@@ -1,4 +1,5 @@
-"""SS2D: VMamba's 2-D selective-scan mixer as Diff-Mamba's blocks use it (channels-last)."""
+"""SS2D: VMamba's 2-D selective-scan mixer as Diff-Mamba's blocks use it (channels-last), and
+the four-direction scan core that VmambaIR's OSS module shares with it."""
 
 from __future__ import annotations
 
@@ -55,6 +56,40 @@ def cpu_fused(x: torch.Tensor) -> bool:
     )
 
 
+def cross_direction_scan(
+    x: torch.Tensor,
+    x_proj_weight: torch.Tensor,
+    dt_projs_weight: torch.Tensor,
+    dt_projs_bias: torch.Tensor,
+    A_logs: torch.Tensor,
+    Ds: torch.Tensor,
+) -> torch.Tensor:
+    """VMamba's four-direction core on (B, D, H, W) -> (B, D, H·W), summed in row-major order.
+
+    One function for every mixer that scans a feature map in the four cross directions (SS2D,
+    VmambaIR's OSS module): the parameters carry the sizes (x_proj_weight (4, R + 2N, D),
+    dt_projs_weight (4, D, R), dt_projs_bias (4, D), A_logs (4·D, N), Ds (4·D,)), and the scan
+    goes through the backend dispatch. This is the generic path (any backend, exportable);
+    ``service.scan.cross.cross_selective_scan`` is the same function fused for the CPU.
+    """
+    b, _, h, w = x.shape
+    xs = cross_scan(x)
+    delta, bs, cs = project_directions(
+        xs, x_proj_weight, dt_projs_weight, dt_projs_weight.shape[2], A_logs.shape[1]
+    )
+    y = selective_scan(
+        xs.reshape(b, -1, h * w),
+        delta,
+        -torch.exp(A_logs.float()),
+        bs,
+        cs,
+        Ds.float(),
+        delta_bias=dt_projs_bias.float().reshape(-1),
+        delta_softplus=True,
+    )
+    return cross_merge(y.reshape(xs.shape), h, w)
+
+
 class SS2D(nn.Module):
     """Input and output (B, H, W, c). d_inner = expand·c, N = d_state, R = dt_rank, K = 4."""
 
@@ -88,22 +123,9 @@ class SS2D(nn.Module):
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) -> (B, D, H·W): the four directional selective scans, summed."""
-        _, _, h, w = x.shape
-        xs = cross_scan(x)
-        delta, bs, cs = project_directions(
-            xs, self.x_proj_weight, self.dt_projs_weight, self.dt_rank, self.d_state
+        return cross_direction_scan(
+            x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds
         )
-        y = selective_scan(
-            xs.reshape(xs.shape[0], -1, h * w),
-            delta,
-            -torch.exp(self.A_logs.float()),
-            bs,
-            cs,
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.float().reshape(-1),
-            delta_softplus=True,
-        )
-        return cross_merge(y.reshape(xs.shape), h, w)
 
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """`forward` channels-last throughout: the halves of in_proj are computed apart so the

@@ -1,4 +1,8 @@
-"""A served task: its network on a device, the batched pass the batcher calls, and warm-up."""
+"""A served task: its network on a device, the batched pass the batcher calls, and warm-up.
+
+The pass itself belongs to the task's engine (service.engines: eager torch, compile, ONNX
+Runtime, TensorRT); the task only says which model, which engine and which defaults.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import torch
 
 from service.batching import DynamicBatcher
+from service.engines import Engine, EngineOptions, TorchEngine, build_engine
 from service.models import LoadedModel, load_checkpoint
 from service.runtime.discovery import TaskCheckpoint
 
@@ -22,6 +27,11 @@ class TaskModel:
     card: dict[str, Any] = field(default_factory=dict)
     load_seconds: float = 0.0
     batcher: DynamicBatcher | None = None
+    engine: Engine | None = None  # None: eager torch on ``device``
+
+    def __post_init__(self) -> None:
+        if self.engine is None:
+            self.engine = TorchEngine(self.loaded.model, self.loaded.kind, self.device)
 
     @property
     def kind(self) -> str:
@@ -32,18 +42,14 @@ class TaskModel:
 
         Only the tiles of this batch ever reach the device, never a whole image.
         """
-        with torch.inference_mode():
-            x = x.to(self.device, non_blocking=True)
-            if self.kind == "diffusion":
-                out = self.loaded.model(x, t.to(self.device))
-            else:
-                out = self.loaded.model(x)
-            return out.float().cpu()
+        assert self.engine is not None
+        return self.engine.run(x, t if self.kind == "diffusion" else None)
 
-    def warm_up(self, size: int = 32) -> None:
-        """One pass so kernels compile and allocators settle before /readyz says ready."""
-        channels = 6 if self.kind == "diffusion" else 3
-        self.run_batch(torch.rand(1, channels, size, size), torch.tensor([500.0]))
+    def warm_up(self) -> None:
+        """Build-time work the engine defers (compilation, graph capture, first allocations)
+        happens here, before /readyz says ready."""
+        assert self.engine is not None
+        self.engine.warm_up()
 
     def describe(self) -> dict[str, Any]:
         config = self.loaded.config.to_dict()
@@ -57,16 +63,20 @@ class TaskModel:
             "default_steps": self.default_steps if self.kind == "diffusion" else None,
             "steps_ignored": self.kind != "diffusion",
             "device": str(self.device),
+            "engine": self.engine.describe() if self.engine is not None else None,
             "card": self.card,
         }
 
 
 def load_task(entry: TaskCheckpoint, device: torch.device, default_steps: int,
-              warm: bool = True) -> TaskModel:
+              warm: bool = True, engine: EngineOptions | None = None) -> TaskModel:
+    """Load, build the engine (``engine`` options; None: eager torch) and warm it."""
     start = time.perf_counter()
     loaded = load_checkpoint(entry.path, device=device)
     steps = int(entry.card.get("default_steps", default_steps))
-    task = TaskModel(entry.task, loaded, device, steps, entry.card)
+    runner = None if engine is None else build_engine(loaded, device, engine, entry.path,
+                                                      label=f"task {entry.task}")
+    task = TaskModel(entry.task, loaded, device, steps, entry.card, engine=runner)
     if warm:
         task.warm_up()
     task.load_seconds = time.perf_counter() - start

@@ -32,8 +32,15 @@ BLOCK_ELEMENTS_CPU = 1 << 21
 """Elements of one (b, D, L_block, N) temporary on the CPU: a few MiB, reused from the heap."""
 
 BLOCK_ELEMENTS_CUDA = 1 << 27
-"""On a GPU bigger blocks mean fewer kernel launches; 2^27 floats is 512 MiB per temporary.
-Also used when exporting: the exported graph runs on an accelerator and stays compact."""
+"""On a GPU bigger blocks mean fewer kernel launches; 2^27 floats is 512 MiB per temporary."""
+
+BLOCK_ELEMENTS_EXPORT = 1 << 24
+"""Elements of one temporary *per batch item* in an exported or compiled graph (64 MiB).
+
+Per item because the batch of an exported graph is symbolic: block bounds computed from it would
+be baked from the example batch while the slices follow the runtime one (ONNX Runtime then fails
+for any other batch). A few blocks per layer keep the graph compact and a batch of 8 at 512 MiB
+per temporary."""
 
 
 def is_exporting() -> bool:
@@ -139,7 +146,8 @@ def selective_scan_chunked(
     """The selective scan (same contract as the reference) by chunked closed form, float32.
 
     chunk: steps per chunk (1..32). block_elements: cap on b·D·L_block·N per temporary
-    (default by device); L is padded to whole chunks internally and the output cropped.
+    (default by device; per batch item when exporting); L is padded to whole chunks internally
+    and the output cropped.
     """
     if not 1 <= chunk <= 32:
         raise ValueError(f"chunk must be in 1..32, got {chunk}")
@@ -151,10 +159,14 @@ def selective_scan_chunked(
     per_group = channels // groups
     if length == 0:
         return u.new_zeros(b, channels, 0).to(dtype_out)
+    exporting = is_exporting()
     if block_elements is None:
-        on_accelerator = u.is_cuda or is_exporting()
-        block_elements = BLOCK_ELEMENTS_CUDA if on_accelerator else BLOCK_ELEMENTS_CPU
-    block = max(chunk, block_elements // max(1, b * channels * n) // chunk * chunk)
+        if exporting:
+            block_elements = BLOCK_ELEMENTS_EXPORT
+        else:
+            block_elements = BLOCK_ELEMENTS_CUDA if u.is_cuda else BLOCK_ELEMENTS_CPU
+    rows = int(channels) * int(n) * (1 if exporting else int(b))  # export: any batch, see above
+    block = max(chunk, block_elements // max(1, rows) // chunk * chunk)
     padded = length + (-length) % chunk
     block = min(block, padded)
     pad = padded - length

@@ -1,4 +1,5 @@
-"""Training Diff-Mamba as released: stage 1 (noise estimation), stage 2 (the sampler, end to end).
+"""Training Diff-Mamba as released: stage 1 (noise estimation), stage 2 (the sampler, end to end);
+and VmambaIR (``arch="vmambair"``) in one stage of L1 regression.
 
 Entry points: ``diffmamba train`` (``service.cli.train_cmd``), or in Python::
 
@@ -13,7 +14,12 @@ from service.training.ema import ModelEMA
 from service.training.export import export_from_workdir, export_weights
 from service.training.losses import l1_loss, ms_ssim, ssim, stage2_loss
 from service.training.metrics import psnr
-from service.training.objectives import antithetic_timesteps, stage1_loss, stage2_loss_fn
+from service.training.objectives import (
+    antithetic_timesteps,
+    single_pass_loss,
+    stage1_loss,
+    stage2_loss_fn,
+)
 from service.training.schedule import WarmupCosine, parse_piecewise, value_at
 from service.training.trainer import RunOptions, StepRecord, Trainer
 
@@ -31,6 +37,7 @@ __all__ = [
     "ms_ssim",
     "parse_piecewise",
     "psnr",
+    "single_pass_loss",
     "ssim",
     "stage1_loss",
     "stage2_loss",

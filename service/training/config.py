@@ -17,6 +17,14 @@ STAGES = (1, 2)
 STAGE_CHOICES = ("1", "2", "both")
 
 
+def architecture_kind(arch: str) -> str | None:
+    """'diffusion' or 'single_pass' for a registered architecture, None for an unknown one."""
+    from service.models.registry import ARCHITECTURES
+
+    found = ARCHITECTURES.get(arch)
+    return found.kind if found is not None else None
+
+
 def _pair(value: Any, cast: type) -> tuple[Any, Any]:
     a, b = value
     return cast(a), cast(b)
@@ -24,9 +32,15 @@ def _pair(value: Any, cast: type) -> tuple[Any, Any]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training plan. Per-stage values are (stage 1, stage 2) pairs."""
+    """One training plan. Per-stage values are (stage 1, stage 2) pairs.
+
+    ``arch`` names the network (service.models.registry). Single-pass models (VmambaIR) have
+    one objective, L1 regression of the clean image, run as stage 1; stage 2 (the sampler) and
+    the sampler options do not apply to them.
+    """
 
     model: dict[str, Any]
+    arch: str = "diffmamba"
     task: str | None = None
     clean: str | None = None  # synthetic degradations of these clean photos
     val_clean: str | None = None
@@ -83,10 +97,21 @@ class TrainConfig:
             problems.append("alpha and EMA decay must be in [0, 1]")
         if self.epoch_size < 1 or self.val_count < 0 or self.val_patch < 1:
             problems.append("epoch size, validation count and patch must be positive")
+        kind = architecture_kind(self.arch)
+        if kind is None:
+            problems.append(f"unknown model {self.arch!r}")
+        elif kind != "diffusion" and self.stage != "1":
+            problems.append(f"{self.arch} trains in one stage (L1 regression): stage must be"
+                            f" '1', got {self.stage!r}")
         if self.init_weights not in ("ema", "params"):
             problems.append("init weights must be 'ema' or 'params'")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def single_pass(self) -> bool:
+        """True for networks trained by direct regression (no noise, no sampler)."""
+        return architecture_kind(self.arch) == "single_pass"
 
     @property
     def stages(self) -> tuple[int, ...]:

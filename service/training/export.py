@@ -45,6 +45,7 @@ def export_weights(
     params_ema: Mapping[str, torch.Tensor],
     model_config: dict[str, Any],
     metadata: Mapping[str, Any],
+    arch: str = ARCH,
 ) -> tuple[Path, Path]:
     """Write ``output`` (.safetensors, EMA weights) and the same stem with ``.pth``."""
     out = Path(output)
@@ -53,7 +54,7 @@ def export_weights(
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     ema = _plain(params_ema)
-    _atomic(out, lambda p: write_safetensors(p, ema, ARCH, model_config, meta))
+    _atomic(out, lambda p: write_safetensors(p, ema, arch, model_config, meta))
     pth = out.with_suffix(".pth")
     bundle = {"params": _plain(params), "params_ema": ema}
     _atomic(pth, lambda p: torch.save(bundle, p))
@@ -64,13 +65,14 @@ def export_from_workdir(workdir: str | Path, output: str | Path) -> tuple[Path, 
     """Export the current weights of a (possibly unfinished) run in ``workdir``."""
     state = load_state(state_path(workdir))
     return export_weights(output, state["model"], state["ema"], state["model_config"],
-                          stage_metadata(state["config"], state["stage"], state["step"]))
+                          stage_metadata(state["config"], state["stage"], state["step"]),
+                          arch=state["config"].get("arch", ARCH))
 
 
 def stage_metadata(config: Mapping[str, Any], stage: int, step: int) -> dict[str, str]:
     """What the checkpoint is: task, stage, iterations, data, so a served model is traceable."""
     data = config.get("pairs") or config.get("clean") or ""
-    return {
+    meta = {
         "task": str(config.get("task") or ""),
         "stage": str(stage),
         "iterations": str(step),
@@ -79,3 +81,7 @@ def stage_metadata(config: Mapping[str, Any], stage: int, step: int) -> dict[str
         "trained_by": "diffmamba train",
         "sampler_steps": str(config.get("steps", "")),
     }
+    if config.get("arch", ARCH) != ARCH:  # single-pass: no sampler
+        meta.pop("sampler_steps")
+        meta["objective"] = "l1"
+    return meta

@@ -1,8 +1,10 @@
-"""The two released training objectives, as functions of (model, batch, generator).
+"""The training objectives, as functions of (model, batch[, generator]).
 
-Stage 1 teaches the network to estimate the noise at any timestep; stage 2 fine-tunes the whole
-S-step sampler end to end on image quality. All randomness comes from the ``generator`` passed in
-(drawn on the CPU, then moved), so a saved generator state reproduces a step exactly on any device.
+Diff-Mamba: stage 1 teaches the network to estimate the noise at any timestep; stage 2 fine-tunes
+the whole S-step sampler end to end on image quality. Single-pass models (VmambaIR) regress the
+clean image directly with L1, as the VmambaIR/Restormer deraining options do. All randomness
+comes from the ``generator`` passed in (drawn on the CPU, then moved), so a saved generator state
+reproduces a step exactly on any device.
 """
 
 from __future__ import annotations
@@ -53,3 +55,8 @@ def stage2_loss_fn(
     x_T = _randn(clean.shape, generator, clean.device)
     restored = restore(model, degraded, steps=steps, x_T=x_T)
     return stage2_loss(restored, clean, alpha)
+
+
+def single_pass_loss(model: nn.Module, degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """L1(net(y), x0) with images in [0, 1]: the network restores in one pass, nothing is drawn."""
+    return l1_loss(model(degraded), clean)

@@ -28,13 +28,13 @@ from torch import nn
 
 from service.diffusion import initial_noise, restore
 from service.models import load_checkpoint
-from service.nn.diffmamba import DiffMamba, DiffMambaConfig
+from service.models.registry import ARCHITECTURES
 from service.training.config import TrainConfig
 from service.training.data import BatchSource, train_dataset, validation_pairs
 from service.training.ema import ModelEMA
 from service.training.export import export_weights, stage_metadata
 from service.training.metrics import psnr
-from service.training.objectives import stage1_loss, stage2_loss_fn
+from service.training.objectives import single_pass_loss, stage1_loss, stage2_loss_fn
 from service.training.schedule import WarmupCosine, value_at
 from service.training.state import capture_rng, load_state, restore_rng, save_state, state_path
 
@@ -43,7 +43,7 @@ LOG_NAME = "log.jsonl"
 ALWAYS_CHANGEABLE = ("stage", "max_iters", "val_count", "val_patch", "val_seed")
 """Fields a resume may always change: going on to stage 2, extending a run, validation."""
 PER_STAGE_FIELDS = ("lr", "min_lr", "warmup")
-NEVER_CHANGEABLE = ("model",)
+NEVER_CHANGEABLE = ("model", "arch")
 
 
 @dataclass
@@ -156,10 +156,10 @@ class Trainer:
             raise ValueError("stage 2 needs stage-1 weights: pass --init CHECKPOINT, or "
                              "--resume a workdir where stage 1 ran")
         if cfg.init is not None:
-            model, model_cfg = _load_init(cfg.init, cfg.init_weights)
+            model, model_cfg = _load_init(cfg.init, cfg.init_weights, cfg.arch)
             cfg = dataclasses.replace(cfg, model=model_cfg.to_dict())
         else:
-            model = DiffMamba(DiffMambaConfig.from_dict(cfg.model))
+            model = build_model(cfg.arch, cfg.model)
         trainer = cls(cfg, opts, model)
         trainer._enter_stage(cfg.stages[0], from_previous=False)
         trainer._log({"event": "start", "config": cfg.to_dict()})
@@ -173,7 +173,7 @@ class Trainer:
         started = done | ({stage} if step > 0 else set())
         cfg = merge_resume_config(TrainConfig.from_dict(state["config"]), given or {}, started,
                                   in_progress=step > 0 and stage not in done)
-        model = DiffMamba(DiffMambaConfig.from_dict(state["model_config"]))
+        model = build_model(cfg.arch, state["model_config"])
         model.load_state_dict(state["model"], strict=True)
         trainer = cls(cfg, opts, model)
         trainer.ema.load_state_dict(state["ema"])
@@ -274,7 +274,9 @@ class Trainer:
         degraded, clean = self.data.next()
         degraded, clean = degraded.to(self.device), clean.to(self.device)
         self.model.train()
-        if self.stage == 1:
+        if self.cfg.single_pass:
+            loss = single_pass_loss(self.model, degraded, clean)
+        elif self.stage == 1:
             loss = stage1_loss(self.model, degraded, clean, self.noise)
         else:
             loss = stage2_loss_fn(self.model, degraded, clean, self.noise, self.cfg.steps,
@@ -341,7 +343,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> dict[str, float]:
-        """Mean PSNR of the EMA weights with the full S-step sampler from a fixed x_T."""
+        """Mean PSNR of the EMA weights with the full S-step sampler from a fixed x_T (one pass,
+        clamped, for single-pass models)."""
         if self._val_set is None:
             pairs = validation_pairs(self.cfg)
             if not pairs:
@@ -357,8 +360,11 @@ class Trainer:
         with torch.no_grad():
             for s in range(0, len(clean), max(1, self.opts.val_batch)):
                 sl = slice(s, s + max(1, self.opts.val_batch))
-                out = restore(net, degraded[sl].to(self.device), steps=self.cfg.steps,
-                              x_T=x_T[sl].to(self.device))
+                if self.cfg.single_pass:
+                    out = net(degraded[sl].to(self.device)).clamp(0, 1)
+                else:
+                    out = restore(net, degraded[sl].to(self.device), steps=self.cfg.steps,
+                                  x_T=x_T[sl].to(self.device))
                 outs.append(out.cpu())
         result = {
             "val_psnr": float(psnr(torch.cat(outs), clean).mean()),
@@ -379,7 +385,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.cfg.to_dict(),
-            "model_config": DiffMambaConfig.from_dict(self.cfg.model).to_dict(),
+            "model_config": model_config(self.cfg.arch, self.cfg.model).to_dict(),
             "stage": self.stage,
             "step": self.step,
             "done": list(self.done),
@@ -403,8 +409,9 @@ class Trainer:
     def export(self, output: Path) -> tuple[Path, Path]:
         return export_weights(
             output, self.model.state_dict(), self.ema.state_dict(),
-            DiffMambaConfig.from_dict(self.cfg.model).to_dict(),
+            model_config(self.cfg.arch, self.cfg.model).to_dict(),
             stage_metadata(self.cfg.to_dict(), self.stage, self.step),
+            arch=self.cfg.arch,
         )
 
     def _log_train(self, record: StepRecord, window: list[float], seconds: float) -> None:
@@ -432,11 +439,21 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _load_init(path: str, which: str) -> tuple[nn.Module, DiffMambaConfig]:
+def model_config(arch: str, model: dict[str, Any]) -> Any:
+    """The architecture's config object (DiffMambaConfig, VmambaIRConfig) from its dict."""
+    return ARCHITECTURES[arch].config_from_dict(model)
+
+
+def build_model(arch: str, model: dict[str, Any]) -> nn.Module:
+    """A fresh network of the registered architecture ``arch`` (initialised by its own rules)."""
+    return ARCHITECTURES[arch].build(model_config(arch, model))
+
+
+def _load_init(path: str, which: str, arch: str = "diffmamba") -> tuple[nn.Module, Any]:
     """A stage-1 checkpoint (ours or the release's): EMA weights unless ``which='params'``."""
     loaded = load_checkpoint(path)
-    if loaded.arch != "diffmamba":
-        raise ValueError(f"{path}: a {loaded.arch} checkpoint, not diffmamba")
+    if loaded.arch != arch:
+        raise ValueError(f"{path}: a {loaded.arch} checkpoint, not {arch}")
     model = loaded.model
     if which == "params":
         if Path(path).suffix == ".safetensors":

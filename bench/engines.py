@@ -1,0 +1,198 @@
+"""Engines side by side: ms per denoiser pass and per 4-step tile, and the speed-up over eager.
+
+Each engine is built the way the service builds it (service.engines.build_engine: export, cache,
+compile or capture), warmed, then timed on the same inputs:
+
+* pass     — one network pass on a batch-1 tile (median of --repeat),
+* tile     — a whole --steps DDIM restoration of one tile-sized image (TiledRestoration, one
+             tile, so per-step blending is included), median of --repeat,
+* tiles/s  — throughput at each --batches size (GPU by default; --batches on the CPU too).
+
+CPU cases: eager (numba scan), compile, onnxruntime. CUDA cases: eager, cuda_graphs, bf16 (CUDA
+graphs under bf16 autocast, scan mixers in fp32), onnxruntime (TensorRT/CUDA provider) and
+tensorrt. Engines that cannot run here are listed as skipped with the reason.
+
+    python bench/engines.py                               # small random config, 256 tile, CPU
+    python bench/engines.py --engines eager onnxruntime --repeat 5 --threads 2
+    python bench/engines.py --device cuda --batches 1 4 8 16 --json engines.json
+    python bench/engines.py --checkpoint models/denoise.safetensors
+
+Timing on a shared machine: the numba scan's worker threads spin at barriers, so when other
+processes hold the cores the eager path slows down far more than the others; --threads 1
+makes every engine single-threaded and the comparison fairer under load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from service.engines import EngineOptions, build_engine
+from service.engines.base import Engine
+from service.engines.warmup import warmup_image, warmup_inputs
+from service.models import LoadedModel, load_checkpoint, write_safetensors
+
+CPU_ENGINES = ("eager", "compile", "onnxruntime")
+CUDA_ENGINES = ("eager", "cuda_graphs", "bf16", "onnxruntime", "tensorrt")
+# bench case -> (service engine, precision, CUDA graphs)
+CASES: dict[str, tuple[str, str, bool]] = {
+    "eager": ("torch", "fp32", False),
+    "cuda_graphs": ("torch", "fp32", True),
+    "bf16": ("torch", "bf16", True),
+    "compile": ("compile", "fp32", False),
+    "onnxruntime": ("onnxruntime", "fp32", False),
+    "tensorrt": ("tensorrt", "fp32", False),
+}
+
+
+def median_seconds(fn: Callable[[], object], repeat: int, sync: bool) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def random_checkpoint(directory: Path, dim: int, blocks: list[int], d_state: int) -> Path:
+    from service.nn import DiffMamba, DiffMambaConfig
+
+    torch.manual_seed(0)
+    config = DiffMambaConfig.from_dict({"dim": dim, "num_blocks": blocks, "d_state": d_state})
+    path = directory / "bench.safetensors"
+    write_safetensors(path, DiffMamba(config).state_dict(), "diffmamba", config.to_dict())
+    return path
+
+
+def restore_tile(engine: Engine, loaded: LoadedModel, tile: int, steps: int) -> None:
+    """One tile-sized image through the tiled sampler, or one pass for single-pass models."""
+    from service.tiling import TiledRestoration
+
+    image = warmup_image(tile)[None]
+    if loaded.kind != "diffusion":
+        engine.run(image, None)
+        return
+    session = TiledRestoration(image, steps=steps, seed=0, tile=tile, overlap=0)
+    while not session.done:
+        inputs, t, _ = session.step_inputs()
+        eps = engine.run(torch.stack(inputs), torch.full((len(inputs),), float(t)))
+        session.advance(list(eps))
+    session.result()
+
+
+def measure(case: str, checkpoint: Path, device: torch.device, args: argparse.Namespace,
+            cache_dir: Path) -> dict[str, Any]:
+    name, precision, graphs = CASES[case]
+    loaded = load_checkpoint(checkpoint, device=device)  # fresh model: engines wrap modules
+    options = EngineOptions(engine=name, precision=precision, tile=args.tile,
+                            max_batch=max(args.batches), cache_dir=cache_dir, cuda_graphs=graphs)
+    start = time.perf_counter()
+    engine = build_engine(loaded, device, options, checkpoint, label=case)
+    engine.warm_up()
+    build_s = time.perf_counter() - start
+    sync = device.type == "cuda"
+    x, t = warmup_inputs(loaded.kind, args.tile, 1)
+    row: dict[str, Any] = {"engine": case, "build_s": build_s,
+                           "describe": engine.describe()}
+    row["pass_ms"] = 1e3 * median_seconds(lambda: engine.run(x, t), args.repeat, sync)
+    row["tile_ms"] = 1e3 * median_seconds(
+        lambda: restore_tile(engine, loaded, args.tile, args.steps), args.repeat, sync)
+    row["tiles_per_s"] = {}
+    for batch in args.batches if args.throughput else ():
+        xb, tb = warmup_inputs(loaded.kind, args.tile, batch)
+        seconds = median_seconds(lambda xb=xb, tb=tb: engine.run(xb, tb), args.repeat, sync)
+        row["tiles_per_s"][batch] = batch / seconds
+    return row
+
+
+def table(rows: list[dict[str, Any]], batches: list[int], throughput: bool) -> str:
+    eager = next((r for r in rows if r["engine"] == "eager" and "pass_ms" in r), None)
+    head = "| engine | pass (ms) | tile (ms) | speed-up pass / tile | build+warm (s) |"
+    rule = "|---|---:|---:|---:|---:|"
+    if throughput:
+        head += "".join(f" tiles/s b{b} |" for b in batches)
+        rule += "---:|" * len(batches)
+    lines = [head, rule]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['engine']} | skipped: {r['skipped']} |")
+            continue
+        speed = (f"{eager['pass_ms'] / r['pass_ms']:.2f}× / {eager['tile_ms'] / r['tile_ms']:.2f}×"
+                 if eager else "–")
+        line = (f"| {r['engine']} | {r['pass_ms']:.1f} | {r['tile_ms']:.1f} | {speed} | "
+                f"{r['build_s']:.1f} |")
+        if throughput:
+            line += "".join(f" {r['tiles_per_s'].get(b, float('nan')):.2f} |" for b in batches)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--engines", nargs="+", choices=sorted(CASES), default=None,
+                        help="default: every case for the device")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a real checkpoint (default: a random-weight config, below)")
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--blocks", type=int, nargs=4, default=[1, 1, 1, 1])
+    parser.add_argument("--d-state", type=int, default=8)
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=4, help="sampler steps per tile")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=None,
+                        help="tiles/s at each --batches size (default: on CUDA only)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch, numba and onnxruntime threads (default: theirs)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.throughput is None:
+        args.throughput = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        try:
+            import numba
+
+            numba.set_num_threads(args.threads)
+        except (ImportError, ValueError):
+            pass
+    cases = args.engines or list(CUDA_ENGINES if device.type == "cuda" else CPU_ENGINES)
+    from service.scan import warmup as warm_scan
+
+    warm_scan(device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or random_checkpoint(Path(tmp), args.dim, args.blocks,
+                                                          args.d_state)
+        for case in cases:
+            print(f"{case} ...", file=sys.stderr, flush=True)
+            try:
+                rows.append(measure(case, checkpoint, device, args, Path(tmp) / "cache"))
+            except Exception as exc:  # an engine this machine lacks: report, go on
+                rows.append({"engine": case, "skipped": f"{type(exc).__name__}: {exc}"})
+    model = str(args.checkpoint) if args.checkpoint else (
+        f"random dim {args.dim}, blocks {args.blocks}, d_state {args.d_state}")
+    print(f"{model}; tile {args.tile}, {args.steps} steps, device {device}, "
+          f"threads {torch.get_num_threads()}")
+    print(table(rows, args.batches, args.throughput))
+    if args.json:
+        args.json.write_text(json.dumps({"model": model, "tile": args.tile, "rows": rows},
+                                        indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""VmambaIR training: one stage of L1 regression through the shared trainer, resumable, CLI.
+
+A tiny model (dim 8, blocks 1,1,1,1, one refinement block, d_state 4) on 16 px patches of a few
+synthetic clean images: the whole file takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.cli import train_cmd
+from service.models import load_checkpoint
+from service.nn.vmambair import VmambaIR, VmambaIRConfig
+from service.training import RunOptions, TrainConfig, Trainer, single_pass_loss
+from service.training.state import load_state, state_path
+
+TINY = VmambaIRConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, d_state=4)
+TINY_ARGS = ["--model", "vmambair", "--dim", "8", "--blocks", "1,1,1,1", "--refinement-blocks",
+             "1", "--d-state", "4"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch and one numba thread (a shared 2-core machine); restored afterwards."""
+    import numba
+
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    yield
+    torch.set_num_threads(torch_threads)
+    numba.set_num_threads(numba_threads)
+
+
+def _smooth_image(seed: int, size: int = 48) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    channels = []
+    for _ in range(3):
+        fx, fy, phase = [*rng.uniform(0.05, 0.3, 2).tolist(), rng.uniform(0, 6.28)]
+        channels.append(0.5 + 0.4 * np.sin(fx * xx + phase) * np.cos(fy * yy))
+    return (np.stack(channels, -1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pool")
+    for split, seeds in (("train", (0, 1, 2)), ("val", (3,))):
+        (root / split).mkdir()
+        for s in seeds:
+            Image.fromarray(_smooth_image(s)).save(root / split / f"img{s}.png")
+    return root
+
+
+def _config(pool: Path, **changes: object) -> TrainConfig:
+    base: dict[str, object] = dict(
+        model=TINY.to_dict(), arch="vmambair", task="derain", clean=str(pool), stage="1",
+        max_iters=(5, 1), lr=(1e-3, 1e-4), patch_schedule=((16, 0), (24, 3)),
+        batch_schedule=((2, 0),), val_count=2, val_patch=16, epoch_size=5,
+    )
+    base.update(changes)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _opts(workdir: Path, **changes: object) -> RunOptions:
+    base: dict[str, object] = dict(workdir=workdir, save_every=1000, val_every=0, progress=False,
+                                   handle_signals=False)
+    base.update(changes)
+    return RunOptions(**base)  # type: ignore[arg-type]
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="diffmamba")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_cmd.add_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+def test_a_few_iterations_lower_the_l1_loss() -> None:
+    torch.manual_seed(0)
+    model = VmambaIR(TINY)
+    clean = torch.from_numpy(_smooth_image(5, 16)).permute(2, 0, 1)[None].float() / 255
+    clean = clean.repeat(2, 1, 1, 1)
+    degraded = (clean + 0.1 * torch.randn(clean.shape)).clamp(0, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    losses = []
+    for _ in range(15):
+        loss = single_pass_loss(model, degraded, clean)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_single_pass_config_is_one_stage(pool: Path) -> None:
+    cfg = _config(pool)
+    assert cfg.single_pass and cfg.stages == (1,)
+    with pytest.raises(ValueError, match="one stage"):
+        _config(pool, stage="both")
+    with pytest.raises(ValueError, match="unknown model"):
+        _config(pool, arch="unet")
+
+
+def test_resume_is_bit_for_bit(pool: Path, tmp_path: Path) -> None:
+    cfg = _config(pool)
+    straight = Trainer.create(cfg, _opts(tmp_path / "a"))
+    assert straight.run() == "done"
+    first = Trainer.create(cfg, _opts(tmp_path / "b", session_iters=2))
+    assert first.run() == "session_iters"
+    second = Trainer.resume(_opts(tmp_path / "b", session_iters=2))
+    assert second.run() == "session_iters"  # crossed the patch change at iteration 3
+    third = Trainer.resume(_opts(tmp_path / "b"))
+    assert third.run() == "done"
+    resumed = first.history + second.history + third.history
+    assert [r.loss for r in resumed] == [r.loss for r in straight.history]
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, third.model.state_dict()[name]), name
+    for name, value in straight.ema.state_dict().items():
+        assert torch.equal(value, third.ema.state_dict()[name]), name
+
+
+def test_cli_trains_validates_and_exports_a_servable_model(pool: Path, tmp_path: Path) -> None:
+    work, output = tmp_path / "run", tmp_path / "models" / "derain.safetensors"
+    code = _cli(["train", "--workdir", str(work), "--task", "derain", "--clean", str(pool),
+                 *TINY_ARGS, "--max-iters", "2", "--batch-schedule", "2", "--patch-schedule",
+                 "16", "--val-count", "2", "--val-patch", "16", "--val-every", "1",
+                 "--log-every", "1", "--no-progress", "--threads", "1", "--output", str(output)])
+    assert code == 0
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2]
+    assert any("val_psnr" in e and np.isfinite(e["val_psnr"]) for e in log)
+    loaded = load_checkpoint(output)
+    assert (loaded.arch, loaded.kind) == ("vmambair", "single_pass")
+    assert loaded.config == TINY
+    state = load_state(state_path(work))
+    assert state["config"]["arch"] == "vmambair" and state["done"] == [1]
+    # the .pth beside it is the release's format: detected from its keys alone
+    assert load_checkpoint(output.with_suffix(".pth")).config == TINY
+
+
+def test_cli_defaults_to_the_release_recipe(pool: Path, tmp_path: Path) -> None:
+    """One stage, L1, AdamW at 3e-4 cosine to 1e-6, patches growing 128 -> 384 (batch 8 -> 1)."""
+    parser = argparse.ArgumentParser(prog="diffmamba")
+    train_cmd.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", "--workdir", str(tmp_path), "--model", "vmambair",
+                              "--task", "derain", "--clean", str(pool)])
+    cfg = train_cmd._fresh_config(args)
+    assert cfg.arch == "vmambair" and cfg.stage == "1" and cfg.stages == (1,)
+    assert cfg.model == VmambaIRConfig().to_dict()
+    assert cfg.lr[0] == 3e-4 and cfg.min_lr[0] == 1e-6 and cfg.max_iters[0] == 300_000
+    assert cfg.patch_schedule[0] == (128, 0) and cfg.patch_schedule[-1] == (384, 276_000)
+    assert cfg.batch_schedule[0] == (8, 0) and cfg.batch_schedule[-1] == (1, 240_000)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([*TINY_ARGS, "--stage", "2"], "one stage"),
+        ([*TINY_ARGS, "--stage", "both"], "one stage"),
+        (["--refinement-blocks", "1"], "vmambair only"),
+    ],
+)
+def test_cli_rejects_options_that_do_not_apply(
+    pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    code = _cli(["train", "--workdir", str(tmp_path / "w"), "--task", "derain", "--clean",
+                 str(pool), "--no-progress", "--threads", "1", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_refuses_another_model(pool: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    Trainer.create(_config(pool), _opts(tmp_path, session_iters=1)).run()
+    code = _cli(["train", "--workdir", str(tmp_path), "--resume", "--no-progress", "--threads",
+                 "1", "--model", "diffmamba"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot change on --resume" in err and "arch" in err
