@@ -116,3 +116,18 @@ def test_unknown_architecture_and_bad_files(tmp_path: Path) -> None:
         load_model(garbage)
     with pytest.raises(CheckpointError, match="no tensors"):
         load_model({"params": {"a": 1}})
+
+
+def test_cpu_load_uses_channels_last_with_the_same_output() -> None:
+    """CPU inference runs channels-last (faster convolutions); the numbers do not change, and
+    training can ask for the plain layout."""
+    path = FIXTURES / "tiny_withbias_checkpoint.pth"
+    fast = load_checkpoint(path).model
+    plain = load_checkpoint(path, channels_last=False).model
+    stem = fast.patch_embed.proj.weight
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    assert plain.patch_embed.proj.weight.is_contiguous()
+    x = torch.rand(2, 6, 40, 24, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([999.0, 250.0])
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x, t), plain(x, t), rtol=0, atol=1e-5)

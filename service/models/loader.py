@@ -14,6 +14,7 @@ from torch import nn
 from service.models.checkpoint import StateDict, read_checkpoint, unwrap_state_dict
 from service.models.errors import CheckpointError
 from service.models.registry import ARCHITECTURES, Architecture
+from service.nn.resample import use_channels_last
 
 MAX_LISTED = 8
 
@@ -99,9 +100,15 @@ def check_state_dict(model: nn.Module, sd: StateDict, arch: str) -> None:
 
 
 def load_checkpoint(
-    source: str | Path | Mapping[str, Any], device: str | torch.device = "cpu"
+    source: str | Path | Mapping[str, Any],
+    device: str | torch.device = "cpu",
+    channels_last: bool | None = None,
 ) -> LoadedModel:
-    """Detect, build and strictly load; the network is returned in eval mode on ``device``."""
+    """Detect, build and strictly load; the network is returned in eval mode on ``device``.
+
+    ``channels_last`` (default: on CPU) picks the weights' memory layout, the faster one for
+    inference there; training passes False so a resumed run keeps the layout it started with.
+    """
     if isinstance(source, (str, Path)):
         sd, meta = read_checkpoint(source)
         sha, label = file_sha256(source), str(source)
@@ -112,6 +119,8 @@ def load_checkpoint(
     check_state_dict(model, sd, arch.name)
     model.load_state_dict(sd, strict=True)
     model.to(device).eval()
+    if channels_last if channels_last is not None else torch.device(device).type == "cpu":
+        use_channels_last(model)
     for p in model.parameters():
         p.requires_grad_(False)
     num_params = sum(p.numel() for p in model.parameters())

@@ -57,4 +57,23 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, channels, kernel_size=3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if uses_channels_last(self.proj) and x.dim() == 4:
+            # The network's own layout follows the stem's weights (see use_channels_last).
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.proj(x)
+
+
+def uses_channels_last(conv: nn.Conv2d) -> bool:
+    weight = conv.weight
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def use_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Put a U-Net's weights (and, through PatchEmbed, its activations) in channels-last layout.
+
+    On CPU this makes oneDNN's depthwise and 1x1 convolutions run NHWC and lets the scan
+    mixers' NCHW->NHWC permutes become views: a small Diff-Mamba pass at 128² went from 54 to
+    45 ms and at 256² from 288 to 205 ms on the 2-core development machine. Same numbers up
+    to float rounding; the layout is not part of the state dict."""
+    fmt = torch.channels_last if enabled else torch.contiguous_format
+    return model.to(memory_format=fmt)

@@ -451,7 +451,7 @@ def build_model(arch: str, model: dict[str, Any]) -> nn.Module:
 
 def _load_init(path: str, which: str, arch: str = "diffmamba") -> tuple[nn.Module, Any]:
     """A stage-1 checkpoint (ours or the release's): EMA weights unless ``which='params'``."""
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, channels_last=False)
     if loaded.arch != arch:
         raise ValueError(f"{path}: a {loaded.arch} checkpoint, not {arch}")
     model = loaded.model
