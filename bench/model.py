@@ -35,10 +35,12 @@ def measure(config_name: str, size: int, repeat: int, device: str) -> dict[str, 
     import torch
 
     from service.nn import DiffMamba, DiffMambaConfig
+    from service.nn.resample import use_channels_last
     from service.scan import active_backend, warmup
 
     torch.manual_seed(0)
     model = DiffMamba(DiffMambaConfig.from_dict(CONFIGS[config_name])).eval().to(device)
+    use_channels_last(model, device == "cpu")  # the layout the service loads models in
     warmup()
     params = sum(p.numel() for p in model.parameters())
     inp = torch.rand(1, 6, size, size, device=device)
