@@ -1,4 +1,4 @@
-"""The checkpoints shipped in models/ load and actually restore."""
+"""The checkpoints shipped in models/ load, are served, and actually restore."""
 
 from __future__ import annotations
 
@@ -13,28 +13,49 @@ from service.models import load_checkpoint
 from service.runtime import discover_tasks
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
+SHIPPED = {p.stem: p for p in sorted(MODELS.glob("*.safetensors"))}
+# The least a default must gain over its degraded input on the sample below (dB). Deblur's
+# CPU-trained default does not improve on its input yet (models/deblur.md): marked as an
+# expected failure, strict, so the mark has to go once a better checkpoint ships.
+MIN_GAIN = {"denoise": 1.0, "derain": 0.5, "derain-vmambair": 0.5, "deblur": 0.0}
+BELOW_INPUT = {"deblur"}
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / torch.mean((a - b) ** 2)))
 
 
-def test_models_dir_is_discoverable() -> None:
+def _sample(task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two held-out photos (never in training), centre 128², degraded as the evaluation does."""
+    from service.evaluation.pairs import synthetic_pairs
+
+    pairs = synthetic_pairs(task.split("-")[0], seed=0, size=128, limit=2)
+    to_tensor = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2)  # noqa: E731
+    return (to_tensor([p.degraded for p in pairs]), to_tensor([p.clean for p in pairs]))
+
+
+def test_models_dir_is_discoverable_with_cards() -> None:
     tasks = {t.task: t for t in discover_tasks(MODELS)}
-    assert "denoise" in tasks
-    assert tasks["denoise"].card.get("default_steps") == 4
+    assert {"derain", "denoise", "deblur"} <= set(tasks)
+    for name, entry in tasks.items():
+        assert (MODELS / f"{name}.md").is_file(), f"{name} has no model card"
+        assert entry.card.get("default_steps", 4) >= 1
 
 
-def test_shipped_denoise_improves_psnr() -> None:
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="below its input; see card"))
+     if n in BELOW_INPUT else n for n in SHIPPED],
+)
+def test_shipped_checkpoint_improves_psnr(name: str) -> None:
     pytest.importorskip("skimage")
-    from skimage import data
-
-    loaded = load_checkpoint(MODELS / "denoise.safetensors")
-    assert loaded.arch == "diffmamba" and loaded.config.layer_norm_type == "BiasFree"
-    clean = torch.from_numpy(data.astronaut()[100:196, 180:276].astype(np.float32) / 255)
-    clean = clean.permute(2, 0, 1)[None]
-    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0)) * 25 / 255
-    noisy = (clean + noise).clamp(0, 1)
+    loaded = load_checkpoint(SHIPPED[name])
+    degraded, clean = _sample(name)
     with torch.inference_mode():
-        out = restore(loaded.model, noisy, steps=4, seed=0)
-    assert _psnr(out, clean) > _psnr(noisy, clean) + 2.0
+        if loaded.kind == "diffusion":
+            out = restore(loaded.model, degraded, steps=4, seed=0)
+        else:
+            out = loaded.model(degraded).clamp(0, 1)
+    gain = _psnr(out, clean) - _psnr(degraded, clean)
+    print(f"{name}: {gain:+.2f} dB over the input")
+    assert gain > MIN_GAIN[name]
