@@ -37,7 +37,7 @@ def random_image(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray
     return rng.integers(0, 256, shape, dtype=np.uint8)
 
 
-def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+def wait_ready(client: TestClient, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if client.get("/readyz").status_code == 200:
