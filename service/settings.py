@@ -10,6 +10,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
+# A CPU pass is memory-bound: per tile, batch 2 is slightly cheaper than 1 and larger batches
+# are dearer (bench/serve.py: 1.20x throughput at 2, 0.89x at 8 on 2 cores). A GPU pass is
+# launch-bound and gains from every tile added.
+CPU_MAX_BATCH, CUDA_MAX_BATCH = 2, 8
+
 EngineName = Literal["torch", "compile", "onnxruntime", "tensorrt"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -19,7 +24,9 @@ class Settings(BaseSettings):
 
     models_dir: Path = Field(REPO_MODELS_DIR, description="one checkpoint per task, named after it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_batch: int = Field(8, ge=1, le=256, description="tiles per network pass")
+    max_batch: int | None = Field(
+        None, ge=1, le=256, description="tiles per network pass (default: 2 on CPU, 8 on CUDA)"
+    )
     max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000)
     max_queue_size: int = Field(256, ge=1, description="queued tiles per task before 503")
     request_timeout_s: float = Field(120.0, gt=0, description="deadline per request (504 after)")
@@ -59,3 +66,11 @@ class Settings(BaseSettings):
                 f" tile_size ({self.tile_size})"
             )
         return self
+
+
+def max_batch_for(settings: Settings, device: object) -> int:
+    """The batcher's (and static engines') batch size on ``device``: the setting, else the
+    device's default."""
+    if settings.max_batch is not None:
+        return settings.max_batch
+    return CUDA_MAX_BATCH if str(device).startswith("cuda") else CPU_MAX_BATCH

@@ -242,7 +242,8 @@ def test_task_engine_override_from_settings() -> None:
 
     s = Settings(engine="compile", task_engines={"denoise": "onnxruntime"}, tile_size=64)
     assert EngineOptions.for_task(s, "denoise").engine == "onnxruntime"
-    assert EngineOptions.for_task(s, "derain") == EngineOptions(engine="compile", tile=64)
+    assert EngineOptions.for_task(s, "derain") == EngineOptions(engine="compile", tile=64,
+                                                                max_batch=2)  # the CPU default
     with pytest.raises(ValueError, match="onnx"):
         Settings(task_engines={"denoise": "onnx"})
 

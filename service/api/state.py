@@ -13,7 +13,7 @@ from service.metrics import ServiceMetrics
 from service.runtime import TaskModel, discover_tasks, load_task
 from service.runtime.device import resolve_device
 from service.scan import warmup as warm_scan
-from service.settings import Settings
+from service.settings import Settings, max_batch_for
 
 logger = logging.getLogger("service.api")
 
@@ -72,7 +72,7 @@ class ServiceState:
         loaded = []
         for entry in entries:
             task = load_task(entry, device, self.settings.default_steps, self.settings.warmup,
-                             EngineOptions.for_task(self.settings, entry.task))
+                             EngineOptions.for_task(self.settings, entry.task, device))
             logger.info("task %s: %s (%s, %d params) on %s in %.1f s", task.name,
                         entry.path.name, task.loaded.arch, task.loaded.num_params, device,
                         task.load_seconds)
@@ -91,7 +91,7 @@ class ServiceState:
         for task in tasks:
             task.batcher = DynamicBatcher(
                 task.run_batch,
-                max_batch_size=s.max_batch,
+                max_batch_size=max_batch_for(s, task.device),
                 max_queue_delay_ms=s.max_queue_delay_ms,
                 max_queue_size=s.max_queue_size,
                 name=task.name,

@@ -39,12 +39,14 @@ class EngineOptions:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
 
     @classmethod
-    def for_task(cls, settings: Settings, task: str) -> EngineOptions:
+    def for_task(cls, settings: Settings, task: str, device: object = "cpu") -> EngineOptions:
+        from service.settings import max_batch_for
+
         return cls(
             engine=settings.task_engines.get(task, settings.engine),
             precision=settings.precision,
             tile=settings.tile_size,
-            max_batch=settings.max_batch,
+            max_batch=max_batch_for(settings, device),
             cache_dir=settings.engine_cache_dir,
             cuda_graphs=settings.cuda_graphs,
         )
