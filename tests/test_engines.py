@@ -330,3 +330,26 @@ def test_compile_engine_matches_eager() -> None:
     engine.warm_up()
     got = engine.run(*warmup_inputs(loaded.kind, TILE, 2))
     assert float((got - eager_out).abs().max()) < 1e-4
+
+
+def test_vmambair_exports_through_the_cli_and_matches_torch(tmp_path: Path) -> None:
+    """A single-pass checkpoint goes through the same `diffmamba export`: one input `x`
+    (3 channels, no timestep), and ONNX Runtime matches torch at batch 1 and 3."""
+    from service.engines.ort_engine import OnnxRuntimeEngine
+
+    checkpoint = Path(__file__).parent / "fixtures" / "vmambair" / "tiny_checkpoint.pth"
+    out = tmp_path / "vmambair.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--tile", "32", "--max-batch", "4",
+                 "--output", str(out)]) == 0
+    onnx.checker.check_model(str(out))
+    graph = onnx.load(str(out)).graph
+    assert [i.name for i in graph.input] == ["x"]
+    vm = load_checkpoint(checkpoint)
+    eager = TorchEngine(vm.model, vm.kind, torch.device("cpu"))
+    engine = OnnxRuntimeEngine(out, vm.kind, 32, 4, eager)
+    for batch in (1, 3):
+        x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+        got, want = engine.run(x, None), eager.run(x, None)
+        assert got.shape == want.shape == (batch, 3, 32, 32)
+        assert float((got - want).abs().max()) < 1e-3
+    assert engine.stats["fallback_batches"] == 0
