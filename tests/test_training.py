@@ -6,23 +6,21 @@ few synthetic clean images written to tmp_path, so the whole file takes well und
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from training_helpers import make_pool, one_thread, run_options, smooth_image, train_cli
 
-from service.cli import train_cmd
 from service.diffusion import restore
 from service.models import load_model
 from service.nn.diffmamba import DiffMamba, DiffMambaConfig
 from service.training import (
     ModelEMA,
-    RunOptions,
     TrainConfig,
     Trainer,
     WarmupCosine,
@@ -40,39 +38,15 @@ TINY = DiffMambaConfig(dim=8, num_blocks=(1, 1, 1, 1), d_state=4)
 TINY_ARGS = ["--dim", "8", "--blocks", "1,1,1,1", "--d-state", "4"]
 
 
-def _smooth_image(seed: int, size: int = 64) -> np.ndarray:
-    """A photo-like (smooth, structured) uint8 RGB image, deterministic per seed."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    channels = []
-    for _ in range(3):
-        fx, fy, phase = [*rng.uniform(0.05, 0.3, 2).tolist(), rng.uniform(0, 6.28)]
-        channels.append(0.5 + 0.4 * np.sin(fx * xx + phase) * np.cos(fy * yy))
-    return (np.stack(channels, -1) * 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> object:
-    """One torch and one numba thread: on a shared 2-core machine two spinning thread pools
-    make these tiny steps 10-100x slower. Restored afterwards for the other test files."""
-    import numba
-
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(torch_threads)
-    numba.set_num_threads(numba_threads)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pool")
-    for split, seeds in (("train", (0, 1, 2)), ("val", (3,))):
-        (root / split).mkdir()
-        for s in seeds:
-            Image.fromarray(_smooth_image(s)).save(root / split / f"img{s}.png")
-    return root
+    return make_pool(tmp_path_factory.mktemp("pool"), 64)
 
 
 def _config(pool: Path, **changes: object) -> TrainConfig:
@@ -85,19 +59,7 @@ def _config(pool: Path, **changes: object) -> TrainConfig:
     return TrainConfig(**base)  # type: ignore[arg-type]
 
 
-def _opts(workdir: Path, **changes: object) -> RunOptions:
-    base: dict[str, object] = dict(workdir=workdir, save_every=1000, val_every=0, progress=False,
-                                   handle_signals=False)
-    base.update(changes)
-    return RunOptions(**base)  # type: ignore[arg-type]
-
-
-def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="diffmamba")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train_cmd.add_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.run(args))
+_opts, _cli, _smooth_image = run_options, train_cli, smooth_image
 
 
 # ---------------------------------------------------------------- losses and helpers

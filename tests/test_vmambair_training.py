@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from training_helpers import make_pool, one_thread, run_options, smooth_image, train_cli
 
 from service.cli import train_cmd
 from service.models import load_checkpoint
 from service.nn.vmambair import VmambaIR, VmambaIRConfig
-from service.training import RunOptions, TrainConfig, Trainer, single_pass_loss
+from service.training import TrainConfig, Trainer, single_pass_loss
 from service.training.state import load_state, state_path
 
 TINY = VmambaIRConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, d_state=4)
@@ -29,35 +29,17 @@ TINY_ARGS = ["--model", "vmambair", "--dim", "8", "--blocks", "1,1,1,1", "--refi
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
-    """One torch and one numba thread (a shared 2-core machine); restored afterwards."""
-    import numba
-
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(torch_threads)
-    numba.set_num_threads(numba_threads)
+    with one_thread():
+        yield
 
 
 def _smooth_image(seed: int, size: int = 48) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    channels = []
-    for _ in range(3):
-        fx, fy, phase = [*rng.uniform(0.05, 0.3, 2).tolist(), rng.uniform(0, 6.28)]
-        channels.append(0.5 + 0.4 * np.sin(fx * xx + phase) * np.cos(fy * yy))
-    return (np.stack(channels, -1) * 255).astype(np.uint8)
+    return smooth_image(seed, size)
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pool")
-    for split, seeds in (("train", (0, 1, 2)), ("val", (3,))):
-        (root / split).mkdir()
-        for s in seeds:
-            Image.fromarray(_smooth_image(s)).save(root / split / f"img{s}.png")
-    return root
+    return make_pool(tmp_path_factory.mktemp("pool"), 48)
 
 
 def _config(pool: Path, **changes: object) -> TrainConfig:
@@ -70,19 +52,7 @@ def _config(pool: Path, **changes: object) -> TrainConfig:
     return TrainConfig(**base)  # type: ignore[arg-type]
 
 
-def _opts(workdir: Path, **changes: object) -> RunOptions:
-    base: dict[str, object] = dict(workdir=workdir, save_every=1000, val_every=0, progress=False,
-                                   handle_signals=False)
-    base.update(changes)
-    return RunOptions(**base)  # type: ignore[arg-type]
-
-
-def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="diffmamba")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train_cmd.add_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.run(args))
+_opts, _cli = run_options, train_cli
 
 
 def test_a_few_iterations_lower_the_l1_loss() -> None:
