@@ -8,8 +8,8 @@ compile or capture), warmed, then timed on the same inputs:
              tile, so per-step blending is included), median of --repeat,
 * tiles/s  — throughput at each --batches size (GPU by default; --batches on the CPU too).
 
-CPU cases: eager (numba scan), compile, onnxruntime. CUDA cases: eager, cuda_graphs, bf16 (CUDA
-graphs under bf16 autocast, scan mixers in fp32), onnxruntime (TensorRT/CUDA provider) and
+CPU cases: eager (numba scan), compile, onnxruntime. CUDA cases: eager, cuda_graphs, bf16 and
+fp16 (CUDA graphs under autocast, scan mixers in fp32), onnxruntime (TensorRT/CUDA provider) and
 tensorrt. Engines that cannot run here are listed as skipped with the reason.
 
     python bench/engines.py                               # small random config, 256 tile, CPU
@@ -43,12 +43,13 @@ from service.engines.warmup import warmup_image, warmup_inputs
 from service.models import LoadedModel, load_checkpoint, write_safetensors
 
 CPU_ENGINES = ("eager", "compile", "onnxruntime")
-CUDA_ENGINES = ("eager", "cuda_graphs", "bf16", "onnxruntime", "tensorrt")
+CUDA_ENGINES = ("eager", "cuda_graphs", "bf16", "fp16", "onnxruntime", "tensorrt")
 # bench case -> (service engine, precision, CUDA graphs)
 CASES: dict[str, tuple[str, str, bool]] = {
     "eager": ("torch", "fp32", False),
     "cuda_graphs": ("torch", "fp32", True),
     "bf16": ("torch", "bf16", True),
+    "fp16": ("torch", "fp16", True),
     "compile": ("compile", "fp32", False),
     "onnxruntime": ("onnxruntime", "fp32", False),
     "tensorrt": ("tensorrt", "fp32", False),
