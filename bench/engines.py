@@ -172,9 +172,11 @@ def main() -> None:
         except (ImportError, ValueError):
             pass
     cases = args.engines or list(CUDA_ENGINES if device.type == "cuda" else CPU_ENGINES)
+    from service.scan import active_backend
     from service.scan import warmup as warm_scan
 
     warm_scan(device)
+    scan = active_backend(device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or random_checkpoint(Path(tmp), args.dim, args.blocks,
@@ -185,14 +187,15 @@ def main() -> None:
                 rows.append(measure(case, checkpoint, device, args, Path(tmp) / "cache"))
             except Exception as exc:  # an engine this machine lacks: report, go on
                 rows.append({"engine": case, "skipped": f"{type(exc).__name__}: {exc}"})
+            print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)  # partial runs
     model = str(args.checkpoint) if args.checkpoint else (
         f"random dim {args.dim}, blocks {args.blocks}, d_state {args.d_state}")
-    print(f"{model}; tile {args.tile}, {args.steps} steps, device {device}, "
+    print(f"{model}; tile {args.tile}, {args.steps} steps, device {device}, scan {scan}, "
           f"threads {torch.get_num_threads()}")
     print(table(rows, args.batches, args.throughput))
     if args.json:
-        args.json.write_text(json.dumps({"model": model, "tile": args.tile, "rows": rows},
-                                        indent=2, default=str))
+        summary = {"model": model, "tile": args.tile, "scan": scan, "rows": rows}
+        args.json.write_text(json.dumps(summary, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -1,42 +1,59 @@
 #!/usr/bin/env bash
-# One lease of a CUDA machine, as one command: GPU benchmarks first (nothing else running), then
-# the CUDA tests beside a time-boxed fine-tuning of the shipped defaults (bench/gpu_train.py).
-# Everything lands in $OUT: results.tgz (tables, JSON, logs) and the fine-tuned weights.
-#
+# One lease of a CUDA machine, as one command. PARTS picks what runs, in this order:
+#   bench — scan kernels (parity + ms), engines (small and published size), the service's
+#           batching on vs off; nothing else runs meanwhile, so the timings are clean;
+#   tests — the CUDA tests of tests/test_engines.py and tests/test_scan.py;
+#   train — a time-boxed two-stage fine-tuning of the shipped defaults (bench/gpu_train.py).
+# Everything lands in $OUT/results.tgz (tables, JSON, logs), fine-tuned weights beside it.
 # Packages the machine lacks travel as wheels in .whl/ and the clean pool as JPEGs in
-# .gpu/pool (README, "Measuring on a GPU"):  bash bench/gpu_session.sh
+# .gpu/pool (README, "Measuring on a GPU"):   PARTS="bench tests" bash bench/gpu_session.sh
 set -u
 OUT=${OUT:-/tmp/gpu-session}
-DEVICE=${DEVICE:-cuda}
+PARTS=" ${PARTS:-bench tests train} "
 TRAIN_S=${TRAIN_S:-370}
 R=$OUT/r
 mkdir -p "$R"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+trap 'tar czf "$OUT/results.tgz" --exclude="*.pth" --exclude=state.pt --exclude="*.safetensors" \
+      -C "$OUT" r && rm -rf "$R"' EXIT
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD PYTHONWARNINGS=ignore
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 fi
 {
-    nvidia-smi
-    python3 -c "import torch, onnxruntime as o; print(torch.__version__, torch.version.cuda, o.__version__, o.get_available_providers())"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    python3 -c "import torch, triton, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'ort', o.__version__, o.get_available_providers())"
     python3 -c "import tensorrt" 2>&1 | tail -1
     python3 -c "import mamba_ssm" 2>&1 | tail -1
     nproc
 } > "$R/env.txt" 2>&1
-timeout 70 python3 bench/engines.py --device "$DEVICE" --batches 1 4 8 16 --repeat 10 \
-    --json "$R/engines_small.json" > "$R/engines_small.txt" 2>&1
-timeout 60 python3 bench/engines.py --device "$DEVICE" --dim 48 --blocks 4 6 6 8 --d-state 32 \
-    --engines eager cuda_graphs bf16 --batches 1 4 8 --repeat 5 \
-    --json "$R/engines_published.json" > "$R/engines_published.txt" 2>&1
-timeout 60 python3 bench/serve.py --device "$DEVICE" --requests 64 --concurrency 8 \
-    --json "$R/serve.json" > "$R/serve.txt" 2>&1
-timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_engines.py tests/test_scan.py \
-    > "$R/pytest.txt" 2>&1 &
-timeout "$TRAIN_S" python3 bench/gpu_train.py --device "$DEVICE" --clean .gpu/pool \
-    --out "$R/train" --stage1-s $((TRAIN_S * 6 / 10)) --stage2-s $((TRAIN_S * 3 / 10 - 10)) \
-    > "$R/train.txt" 2>&1
-wait
-cp "$R"/train/*-s2.safetensors "$OUT/" 2>/dev/null
-tar czf "$OUT/results.tgz" --exclude='*.pth' --exclude='state.pt' --exclude='*.safetensors' \
-    -C "$OUT" r
-tail -n 30 "$R"/*.txt
+step() {  # step NAME SECONDS COMMAND...: bounded, logged, never fatal
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$R/$name.txt" 2>&1
+    echo "$name: exit $? in $((SECONDS - t0)) s" | tee -a "$R/steps.txt"
+}
+if [[ $PARTS == *" bench "* ]]; then
+    step scan 30 python3 bench/scan.py --repeat 5 --ref-repeat 1 --json "$R/scan.json"
+    step engines_small 70 python3 bench/engines.py --device cuda --repeat 10 \
+        --engines eager cuda_graphs bf16 fp16 --batches 1 4 8 16 --json "$R/engines_small.json"
+    step serve 60 python3 bench/serve.py --device cuda --requests 64 --concurrency 8 \
+        --json "$R/serve.json"
+fi
+if [[ $PARTS == *" tests "* ]]; then
+    step pytest 45 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_engines.py \
+        tests/test_scan.py
+fi
+if [[ $PARTS == *" bench "* ]]; then
+    step engines_published 50 python3 bench/engines.py --device cuda --dim 48 --blocks 4 6 6 8 \
+        --d-state 32 --engines eager cuda_graphs bf16 --batches 1 4 8 --repeat 5 \
+        --json "$R/engines_published.json"
+    step engines_chunked 35 env DIFFMAMBA_SCAN=chunked python3 bench/engines.py --device cuda \
+        --engines eager cuda_graphs --batches 1 8 --repeat 3 --json "$R/engines_chunked.json"
+fi
+if [[ $PARTS == *" train "* ]]; then
+    step train "$TRAIN_S" python3 bench/gpu_train.py --device cuda --clean .gpu/pool \
+        --out "$R/train" --stage1-s $((TRAIN_S * 6 / 10)) --stage2-s $((TRAIN_S * 3 / 10 - 10))
+    cp "$R"/train/*-s2.safetensors "$OUT/" 2>/dev/null
+fi
+cat "$R/steps.txt"

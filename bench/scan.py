@@ -132,17 +132,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if torch.cuda.is_available():
         gpu_inputs = _inputs(args, "cuda")
+        with torch.no_grad():
+            expected = selective_scan_reference(**cpu_inputs)
         fns: dict[str, Callable[..., torch.Tensor]] = {"chunked": selective_scan_chunked}
         if "cuda" in backends:
             from service.scan.cuda import selective_scan_cuda
 
             fns["cuda"] = selective_scan_cuda
+        if "triton" in backends:  # forward only: no backward row
+            from service.scan.triton_kernel import selective_scan_triton
+
+            fns["triton"] = selective_scan_triton
         for name, fn in fns.items():
             with torch.no_grad():
                 t = _time(lambda fn=fn: fn(**gpu_inputs), args.repeat, "cuda")
+                t["max_err"] = float((fn(**gpu_inputs).cpu() - expected).abs().max())
             record(name, "forward", t, "cuda")
-            t = _time(_forward_and_backward(fn, gpu_inputs), args.repeat, "cuda")
-            record(name, "forward+backward", t, "cuda")
+            if name != "triton":
+                t = _time(_forward_and_backward(fn, gpu_inputs), args.repeat, "cuda")
+                record(name, "forward+backward", t, "cuda")
 
     baselines = {"forward": ref["median_s"], "forward+backward": chunked_bwd["median_s"]}
     for row in results:

@@ -1,7 +1,9 @@
-"""One selective-scan function, several backends (reference, chunked torch, numba CPU, CUDA).
+"""One selective-scan function, several backends (reference, chunked torch, numba CPU, CUDA:
+mamba-ssm or our Triton kernel).
 
 `selective_scan` is the only entry point the networks use; the backend is chosen once per device
-type (DIFFMAMBA_SCAN=reference|chunked|cpu|cuda overrides the automatic choice) and logged once.
+type (DIFFMAMBA_SCAN=reference|chunked|cpu|cuda|triton overrides the automatic choice) and logged
+once.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Which selective-scan backend runs a call, decided once per device type.
 
-Why decide once: the choice depends on the environment (DIFFMAMBA_SCAN, whether numba or mamba-ssm
-import), not on the call, so it is resolved on first use, logged in one INFO line and cached.
-Export and tracing always take the chunked torch form: it is the only one made of standard ops.
+Why decide once: the choice depends on the environment (DIFFMAMBA_SCAN, whether numba, mamba-ssm
+or Triton import), not on the call, so it is resolved on first use, logged in one INFO line and
+cached. Export and tracing always take the chunked torch form: it is the only one made of standard
+ops. On a GPU the order is mamba-ssm, then our Triton kernel, then chunked; the Triton kernel has
+no backward, so a call that needs a gradient takes the chunked form instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from service.scan.chunked import is_exporting, selective_scan_chunked
 from service.scan.reference import selective_scan_reference
 
 ENV_VAR = "DIFFMAMBA_SCAN"
-BACKENDS = ("reference", "chunked", "cpu", "cuda")
+BACKENDS = ("reference", "chunked", "cpu", "cuda", "triton")
 CHOICES = ("auto", *BACKENDS)
 
 _LOG = logging.getLogger("service.scan")
@@ -64,14 +66,27 @@ def _cpu_kernel_imports() -> bool:
     return True
 
 
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _triton_available() -> bool:
+    from service.scan import triton_kernel  # imports triton, when installed
+
+    return triton_kernel.is_available()
+
+
 def available_backends() -> list[str]:
     """Backends that can run here: reference and chunked always, cpu with numba, cuda with
-    a GPU and mamba-ssm."""
+    a GPU and mamba-ssm, triton with a GPU (or TRITON_INTERPRET=1) and triton."""
     names = ["reference", "chunked"]
     if _cpu_kernel_imports():
         names.append("cpu")
     if cuda.is_available():
         names.append("cuda")
+    if _triton_available():
+        names.append("triton")
     return names
 
 
@@ -79,11 +94,14 @@ def _choose(device_type: str) -> tuple[str, str]:
     name, source = _requested()
     if name == "auto":
         if device_type == "cuda":
-            return ("cuda" if cuda.is_available() else "chunked"), source
+            if cuda.is_available():
+                return "cuda", source
+            return ("triton" if _triton_available() else "chunked"), source
         if device_type == "cpu":
             return ("cpu" if _cpu_kernel_imports() else "chunked"), source
         return "chunked", source
-    if name in ("cpu", "cuda") and device_type != name:
+    wanted = "cuda" if name == "triton" and not _triton_interpreting() else name
+    if wanted in ("cpu", "cuda") and device_type != wanted:
         raise RuntimeError(
             f"selective-scan backend {name!r} ({source}) cannot run on {device_type} tensors"
         )
@@ -108,8 +126,9 @@ def active_backend(device: torch.device | str) -> str:
 
 
 def set_backend(name: str | None) -> None:
-    """Force a backend ('auto', 'reference', 'chunked', 'cpu', 'cuda') over DIFFMAMBA_SCAN, or
-    None to go back to it. Clears the cached choice so the next call resolves (and logs) again."""
+    """Force a backend ('auto', 'reference', 'chunked', 'cpu', 'cuda', 'triton') over
+    DIFFMAMBA_SCAN, or None to go back to it. Clears the cached choice so the next call resolves
+    (and logs) again."""
     global _override
     with _LOCK:
         _override = None if name is None else _normalise(name, "set_backend")
@@ -125,7 +144,15 @@ def _implementation(name: str) -> ScanFn:
         return cuda.selective_scan_cuda
     if name == "reference":
         return selective_scan_reference
+    if name == "triton":
+        from service.scan.triton_kernel import selective_scan_triton
+
+        return selective_scan_triton
     return selective_scan_chunked
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _check_inputs(
@@ -185,6 +212,8 @@ def selective_scan(
     """
     _check_inputs(u, delta, A, B, C, D, delta_bias)
     name = "chunked" if is_exporting() else active_backend(u.device)
+    if name == "triton" and _needs_grad(u, delta, A, B, C, D, delta_bias):
+        name = "chunked"  # the Triton kernel is forward-only
     return _implementation(name)(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
