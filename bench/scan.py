@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             from service.scan.cuda import selective_scan_cuda
 
             fns["cuda"] = selective_scan_cuda
-        if "triton" in backends:  # forward only: no backward row
+        if "triton" in backends:
             from service.scan.triton_kernel import selective_scan_triton
 
             fns["triton"] = selective_scan_triton
@@ -148,9 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 t = _time(lambda fn=fn: fn(**gpu_inputs), args.repeat, "cuda")
                 t["max_err"] = float((fn(**gpu_inputs).cpu() - expected).abs().max())
             record(name, "forward", t, "cuda")
-            if name != "triton":
-                t = _time(_forward_and_backward(fn, gpu_inputs), args.repeat, "cuda")
-                record(name, "forward+backward", t, "cuda")
+            t = _time(_forward_and_backward(fn, gpu_inputs), args.repeat, "cuda")
+            record(name, "forward+backward", t, "cuda")
 
     baselines = {"forward": ref["median_s"], "forward+backward": chunked_bwd["median_s"]}
     for row in results:

@@ -1,5 +1,6 @@
 """Run under TRITON_INTERPRET=1 (in a subprocess of tests/test_scan_triton.py): the Triton scan
-kernel executed by Triton's interpreter on CPU tensors, checked against the reference.
+kernels executed by Triton's interpreter on CPU tensors, checked against the reference (values
+and, through autograd, gradients).
 
 Why a subprocess: triton.jit decides between compiling and interpreting when a kernel is defined,
 i.e. when service.scan.triton_kernel is first imported, so the variable must be set before any
@@ -72,19 +73,44 @@ def kernel_cases() -> list[dict]:
     return rows
 
 
+def gradient_cases() -> list[dict]:
+    """Every input's gradient from the backward kernel against autograd through the reference,
+    for a weighted sum of y (so each output position counts differently)."""
+    rows = []
+    for shape, optional, softplus in [((2, 8, 2 * BLOCK_L + 22, 5, 2), True, True),
+                                      ((1, 4, BLOCK_L, 8, 1), False, True),
+                                      ((1, 6, 70, 4, 3), False, False)]:
+        inputs = make_inputs(*shape, with_d=optional, with_bias=optional,
+                             delta_range=(-4.0, 1.0) if softplus else (0.01, 1.0))
+        names = [k for k, v in inputs.items() if v is not None]
+
+        def grads(fn, inputs=inputs, names=names, softplus=softplus):  # type: ignore[no-untyped-def]
+            leaves = {k: v.clone().requires_grad_(True) if v is not None else None
+                      for k, v in inputs.items()}
+            y = fn(**leaves, delta_softplus=softplus)
+            (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+            return {k: leaves[k].grad for k in names}
+
+        got, want = grads(selective_scan_triton), grads(selective_scan_reference)
+        rows.append({"shape": shape, "inputs": names,
+                     "rel_err": {k: float((got[k] - want[k]).abs().max())
+                                 / max(1.0, float(want[k].abs().max())) for k in names}})
+    return rows
+
+
 def dispatch_case() -> dict:
-    """The dispatcher's 'triton' backend: forward through the kernel, and a call that needs a
-    gradient through the chunked form (the kernel has no backward)."""
+    """The dispatcher's 'triton' backend, forward and with a gradient."""
     set_backend("triton")
     inputs = make_inputs(1, 8, 70, 8, 2)
     want = selective_scan_reference(**inputs)
     got = selective_scan(**inputs)
     u = inputs["u"].clone().requires_grad_(True)
-    out = selective_scan(**{**inputs, "u": u})
-    out.sum().backward()
+    selective_scan(**{**inputs, "u": u}).sum().backward()
+    u_ref = inputs["u"].clone().requires_grad_(True)
+    selective_scan_reference(**{**inputs, "u": u_ref}).sum().backward()
     set_backend(None)
-    return {"max_err": float((got - want).abs().max()), "grad": u.grad is not None,
-            "grad_finite": bool(torch.isfinite(u.grad).all()) if u.grad is not None else False}
+    return {"max_err": float((got - want).abs().max()),
+            "grad_err": float((u.grad - u_ref.grad).abs().max()) if u.grad is not None else None}
 
 
 def network_case() -> dict:
@@ -108,4 +134,5 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["network"]:  # ~30 s under the interpreter: the slow test
         print(json.dumps({"network": network_case()}))
     else:
-        print(json.dumps({"kernel": kernel_cases(), "dispatch": dispatch_case()}))
+        print(json.dumps({"kernel": kernel_cases(), "gradients": gradient_cases(),
+                          "dispatch": dispatch_case()}))

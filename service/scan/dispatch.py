@@ -3,8 +3,7 @@
 Why decide once: the choice depends on the environment (DIFFMAMBA_SCAN, whether numba, mamba-ssm
 or Triton import), not on the call, so it is resolved on first use, logged in one INFO line and
 cached. Export and tracing always take the chunked torch form: it is the only one made of standard
-ops. On a GPU the order is mamba-ssm, then our Triton kernel, then chunked; the Triton kernel has
-no backward, so a call that needs a gradient takes the chunked form instead.
+ops. On a GPU the order is mamba-ssm, then our Triton kernels, then chunked.
 """
 
 from __future__ import annotations
@@ -151,10 +150,6 @@ def _implementation(name: str) -> ScanFn:
     return selective_scan_chunked
 
 
-def _needs_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _check_inputs(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -212,8 +207,6 @@ def selective_scan(
     """
     _check_inputs(u, delta, A, B, C, D, delta_bias)
     name = "chunked" if is_exporting() else active_backend(u.device)
-    if name == "triton" and _needs_grad(u, delta, A, B, C, D, delta_bias):
-        name = "chunked"  # the Triton kernel is forward-only
     return _implementation(name)(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 

@@ -8,9 +8,13 @@ program owns a few channels of one batch item and walks L in blocks of BLOCK_L s
 each block with a parallel associative scan of (decay, input) pairs and carrying the state to the
 next block, so it reads u, Δ, B, C once and writes y once.
 
-Forward only (no autograd): the dispatcher uses it for inference and the chunked form whenever a
-gradient is needed. Triton is imported lazily; `is_available()` is False without it or a GPU.
-TRITON_INTERPRET=1 runs the same kernel on CPU tensors (the unit tests do).
+Training uses the same walk: the forward saves the state at every block start, and the backward
+goes over the blocks from last to first, recomputing each block's states from its saved start,
+solving the adjoint recurrence g_t = exp(Δ_{t+1}A) ⊙ g_{t+1} + C_t·dy_t with a reversed
+associative scan, and accumulating dB, dC (shared by a group's channels), dA, dD and the bias
+gradient with atomic adds. Triton is imported lazily (dispatch imports this module on first GPU
+use); `is_available()` is False without it or a GPU. TRITON_INTERPRET=1 runs the same kernels on
+CPU tensors (the unit tests do).
 """
 
 from __future__ import annotations
@@ -47,67 +51,53 @@ if triton is not None:
         return a1 * a2, a2 * b1 + b2
 
     @triton.jit
+    def _softplus(dt, SOFTPLUS: tl.constexpr):  # type: ignore[no-untyped-def]
+        if SOFTPLUS:
+            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+        return dt
+
+    @triton.jit
     def _scan_fwd(
-        u_ptr,
-        dt_ptr,
-        a_ptr,
-        b_ptr,
-        c_ptr,
-        d_ptr,
-        bias_ptr,
-        y_ptr,
-        length,
-        channels,
-        per_group,
-        n_state,
-        s_ub,
-        s_ud,
-        s_bb,
-        s_bg,
-        s_bn,
-        HAS_D: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr,
-        N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, y_ptr, state_ptr,
+        length, channels, per_group, n_state, n_blocks,
+        s_ub, s_ud, s_bb, s_bg, s_bn,
+        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        SAVE_STATES: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr,
-    ):
+    ):  # fmt: skip
         pid_b = tl.program_id(0)
         ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         n = tl.arange(0, N)
         steps = tl.arange(0, BLOCK_L)
         ch_ok = ch < channels
         n_ok = n < n_state
+        mask2 = ch_ok[:, None] & n_ok[None, :]
         group = ch // per_group
-        a_mat = tl.load(
-            a_ptr + ch[:, None] * n_state + n[None, :],
-            mask=ch_ok[:, None] & n_ok[None, :],
-            other=0.0,
-        )
-        d_vec = (
-            tl.load(d_ptr + ch, mask=ch_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-        )
-        bias = (
-            tl.load(bias_ptr + ch, mask=ch_ok, other=0.0)
-            if HAS_BIAS
-            else tl.zeros([BLOCK_D], tl.float32)
-        )
+        a_mat = tl.load(a_ptr + ch[:, None] * n_state + n[None, :], mask=mask2, other=0.0)
+        d_vec = tl.zeros([BLOCK_D], tl.float32)
+        if HAS_D:
+            d_vec = tl.load(d_ptr + ch, mask=ch_ok, other=0.0)
+        bias = tl.zeros([BLOCK_D], tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + ch, mask=ch_ok, other=0.0)
         row = pid_b * s_ub + ch * s_ud  # u, Δ and y share the (b, D, L) contiguous layout
         bc_row = pid_b * s_bb + group[:, None] * s_bg + n[None, :] * s_bn  # [BLOCK_D, N]
+        # saved states: (b, D, n_blocks, n_state), the state *before* each block
+        st_row = ((pid_b * channels + ch[:, None]) * n_blocks) * n_state + n[None, :]
         h = tl.zeros([BLOCK_D, N], tl.float32)
-        for block in range(0, tl.cdiv(length, BLOCK_L)):
+        for block in range(0, n_blocks):
+            if SAVE_STATES:
+                tl.store(state_ptr + st_row + block * n_state, h, mask=mask2)
             pos = block * BLOCK_L + steps
             ok = ch_ok[:, None] & (pos < length)[None, :]
             u = tl.load(u_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
-            dt = tl.load(dt_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0) + bias[:, None]
-            if SOFTPLUS:
-                dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+            dt = tl.load(dt_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
+            dt = _softplus(dt + bias[:, None], SOFTPLUS)
             ok3 = ok[:, None, :] & n_ok[None, :, None]
             offs = bc_row[:, :, None] + pos[None, None, :]
             b_val = tl.load(b_ptr + offs, mask=ok3, other=0.0)
             c_val = tl.load(c_ptr + offs, mask=ok3, other=0.0)
-            decay = tl.exp(dt[:, None, :] * a_mat[:, :, None])
-            decay = tl.where(ok3, decay, 1.0)
+            decay = tl.where(ok3, tl.exp(dt[:, None, :] * a_mat[:, :, None]), 1.0)
             x = dt[:, None, :] * b_val * u[:, None, :]
             decay_cum, local = tl.associative_scan((decay, x), axis=2, combine_fn=_combine)
             states = decay_cum * h[:, :, None] + local
@@ -117,6 +107,95 @@ if triton is not None:
             # masked tail steps keep the state (decay 1, input 0), so the last column holds it
             h = tl.sum(tl.where(last, states, 0.0), axis=2)
 
+    @triton.jit
+    def _scan_bwd(
+        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, state_ptr, dy_ptr,
+        du_ptr, ddt_ptr, da_ptr, db_ptr, dc_ptr, dd_ptr, dbias_ptr,
+        length, channels, per_group, n_state, n_blocks,
+        s_ub, s_ud, s_bb, s_bg, s_bn,
+        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    ):  # fmt: skip
+        pid_b = tl.program_id(0)
+        ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        n = tl.arange(0, N)
+        steps = tl.arange(0, BLOCK_L)
+        ch_ok = ch < channels
+        n_ok = n < n_state
+        mask2 = ch_ok[:, None] & n_ok[None, :]
+        group = ch // per_group
+        a_mat = tl.load(a_ptr + ch[:, None] * n_state + n[None, :], mask=mask2, other=0.0)
+        d_vec = tl.zeros([BLOCK_D], tl.float32)
+        if HAS_D:
+            d_vec = tl.load(d_ptr + ch, mask=ch_ok, other=0.0)
+        bias = tl.zeros([BLOCK_D], tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + ch, mask=ch_ok, other=0.0)
+        row = pid_b * s_ub + ch * s_ud
+        bc_row = pid_b * s_bb + group[:, None] * s_bg + n[None, :] * s_bn
+        st_row = ((pid_b * channels + ch[:, None]) * n_blocks) * n_state + n[None, :]
+        group_id = (tl.program_id(1) * BLOCK_D) // per_group  # one group per program (_block_d)
+        carry = tl.zeros([BLOCK_D, N], tl.float32)  # exp(Δ_s A) ⊙ g_s of the next block's first s
+        da_acc = tl.zeros([BLOCK_D, N], tl.float32)
+        dd_acc = tl.zeros([BLOCK_D], tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D], tl.float32)
+        for i in range(0, n_blocks):
+            block = n_blocks - 1 - i
+            pos = block * BLOCK_L + steps
+            ok = ch_ok[:, None] & (pos < length)[None, :]
+            ok3 = ok[:, None, :] & n_ok[None, :, None]
+            u = tl.load(u_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
+            dt_raw = tl.load(dt_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
+            dt_raw = dt_raw + bias[:, None]
+            dt = _softplus(dt_raw, SOFTPLUS)
+            dy = tl.load(dy_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
+            offs = bc_row[:, :, None] + pos[None, None, :]
+            b_val = tl.load(b_ptr + offs, mask=ok3, other=0.0)
+            c_val = tl.load(c_ptr + offs, mask=ok3, other=0.0)
+            # recompute the block's states from its saved start
+            h0 = tl.load(state_ptr + st_row + block * n_state, mask=mask2, other=0.0)
+            decay = tl.where(ok3, tl.exp(dt[:, None, :] * a_mat[:, :, None]), 1.0)
+            x = dt[:, None, :] * b_val * u[:, None, :]
+            decay_cum, local = tl.associative_scan((decay, x), axis=2, combine_fn=_combine)
+            states = decay_cum * h0[:, :, None] + local
+            # adjoint: g_t = exp(Δ_{t+1}A) ⊙ g_{t+1} + C_t dy_t, the block's last t gets `carry`
+            nxt = pos + 1
+            ok_n = ch_ok[:, None] & (nxt < length)[None, :] & (steps < BLOCK_L - 1)[None, :]
+            dt_n = tl.load(dt_ptr + row[:, None] + nxt[None, :], mask=ok_n, other=0.0)
+            dt_n = _softplus(dt_n + bias[:, None], SOFTPLUS)
+            ok3_n = ok_n[:, None, :] & n_ok[None, :, None]
+            decay_n = tl.where(ok3_n, tl.exp(dt_n[:, None, :] * a_mat[:, :, None]), 1.0)
+            src = c_val * dy[:, None, :]
+            is_last = (steps == BLOCK_L - 1)[None, None, :]
+            src = src + tl.where(is_last, carry[:, :, None], 0.0)
+            decay_n = tl.where(is_last, 1.0, decay_n)
+            _, g = tl.associative_scan((decay_n, src), axis=2, combine_fn=_combine, reverse=True)
+            g = tl.where(ok3, g, 0.0)
+            # h_t − x_t = exp(Δ_t A) ⊙ h_{t−1}: the decay's share, with no division
+            hx = (states - x) * g
+            du = tl.sum(g * b_val, axis=1) * dt + d_vec[:, None] * dy
+            ddt = tl.sum(g * b_val, axis=1) * u + tl.sum(hx * a_mat[:, :, None], axis=1)
+            if SOFTPLUS:
+                ddt = ddt * tl.where(dt_raw <= 20.0, tl.sigmoid(dt_raw), 1.0)
+            ddt = tl.where(ok, ddt, 0.0)
+            tl.store(du_ptr + row[:, None] + pos[None, :], du, mask=ok)
+            tl.store(ddt_ptr + row[:, None] + pos[None, :], ddt, mask=ok)
+            da_acc += tl.sum(hx * dt[:, None, :], axis=2)
+            dd_acc += tl.sum(dy * u, axis=1)
+            dbias_acc += tl.sum(ddt, axis=1)
+            db = tl.sum(g * (dt * u)[:, None, :], axis=0)  # [N, BLOCK_L], this program's channels
+            dc = tl.sum(states * dy[:, None, :], axis=0)
+            # every channel of a program shares one group only when BLOCK_D divides per_group
+            g_offs = pid_b * s_bb + group_id * s_bg + n[:, None] * s_bn + pos[None, :]
+            g_ok = n_ok[:, None] & (pos < length)[None, :]
+            tl.atomic_add(db_ptr + g_offs, db, mask=g_ok)
+            tl.atomic_add(dc_ptr + g_offs, dc, mask=g_ok)
+            first = (steps == 0)[None, None, :]
+            carry = tl.sum(tl.where(first, g * decay, 0.0), axis=2)
+        tl.atomic_add(da_ptr + ch[:, None] * n_state + n[None, :], da_acc, mask=mask2)
+        tl.atomic_add(dd_ptr + ch, dd_acc, mask=ch_ok)
+        tl.atomic_add(dbias_ptr + ch, dbias_acc, mask=ch_ok)
+
 
 def is_available() -> bool:
     """True when Triton imports and a CUDA device exists (or the interpreter is on)."""
@@ -125,6 +204,113 @@ def is_available() -> bool:
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def _block_d(channels: int, per_group: int, n_p2: int) -> int:
+    """Channels per program: fill the register tile, but stay inside one B/C group (a power of
+    two that divides the group's size), so the backward's dB/dC sums belong to one group."""
+    block = max(1, min(_pow2(channels), TILE_ELEMENTS // (n_p2 * BLOCK_L)))
+    while per_group % block:
+        block //= 2
+    return block
+
+
+def _layout(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> dict[str, int]:
+    batch, channels, length = u.shape
+    per_group = channels // B.shape[1]
+    n_p2 = _pow2(A.shape[1])
+    block_d = _block_d(channels, per_group, n_p2)
+    return {
+        "batch": batch,
+        "channels": channels,
+        "length": length,
+        "per_group": per_group,
+        "n_state": A.shape[1],
+        "n_p2": n_p2,
+        "block_d": block_d,
+        "n_blocks": -(-length // BLOCK_L),
+    }
+
+
+def _forward(
+    u: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    softplus: bool,
+    save_states: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 contiguous inputs -> y, and the per-block start states when asked."""
+    if triton is None:
+        raise RuntimeError("the 'triton' selective-scan backend needs the triton package")
+    k = _layout(u, A, B)
+    y = torch.empty_like(u)
+    states = (
+        torch.empty(
+            k["batch"],
+            k["channels"],
+            k["n_blocks"],
+            k["n_state"],
+            device=u.device,
+            dtype=torch.float32,
+        )
+        if save_states
+        else None
+    )
+    grid = (k["batch"], -(-k["channels"] // k["block_d"]))
+    _scan_fwd[grid](
+        u, dt, A, B, C, D if D is not None else u, bias if bias is not None else u, y,
+        states if states is not None else y,
+        k["length"], k["channels"], k["per_group"], k["n_state"], k["n_blocks"],
+        u.stride(0), u.stride(1), B.stride(0), B.stride(1), B.stride(2),
+        HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+        SAVE_STATES=save_states, N=k["n_p2"], BLOCK_D=k["block_d"], BLOCK_L=BLOCK_L,
+    )  # fmt: skip
+    return y, states
+
+
+class _TritonScan(torch.autograd.Function):
+    """Forward saves block-start states; backward is the reversed walk of `_scan_bwd`."""
+
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C, D, bias, softplus):  # type: ignore[no-untyped-def, override]
+        y, states = _forward(u, dt, A, B, C, D, bias, softplus, save_states=True)
+        ctx.save_for_backward(u, dt, A, B, C, D, bias, states)
+        ctx.softplus = softplus
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[no-untyped-def, override]
+        u, dt, A, B, C, D, bias, states = ctx.saved_tensors
+        k = _layout(u, A, B)
+        dy = dy.float().contiguous()
+        du, ddt = torch.empty_like(u), torch.empty_like(dt)
+        dA = torch.zeros_like(A)
+        dB, dC = torch.zeros_like(B), torch.zeros_like(C)
+        dD = torch.zeros(k["channels"], device=u.device, dtype=torch.float32)
+        dbias = torch.zeros_like(dD)
+        grid = (k["batch"], -(-k["channels"] // k["block_d"]))
+        _scan_bwd[grid](
+            u, dt, A, B, C, D if D is not None else u, bias if bias is not None else u, states,
+            dy, du, ddt, dA, dB, dC, dD, dbias,
+            k["length"], k["channels"], k["per_group"], k["n_state"], k["n_blocks"],
+            u.stride(0), u.stride(1), B.stride(0), B.stride(1), B.stride(2),
+            HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=ctx.softplus,
+            N=k["n_p2"], BLOCK_D=k["block_d"], BLOCK_L=BLOCK_L,
+        )  # fmt: skip
+        return (
+            du,
+            ddt,
+            dA,
+            dB,
+            dC,
+            dD if D is not None else None,
+            dbias if bias is not None else None,
+            None,
+        )
 
 
 def selective_scan_triton(
@@ -137,41 +323,16 @@ def selective_scan_triton(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
 ) -> torch.Tensor:
-    """The selective scan (reference contract) with the fused Triton kernel; no autograd."""
-    batch, channels, length = u.shape
-    groups, n_state = B.shape[1], A.shape[1]
-    u32, dt32 = u.float().contiguous(), delta.float().contiguous()
-    b32, c32 = B.float().contiguous(), C.float().contiguous()
-    a32 = A.float().contiguous()
-    y = torch.empty_like(u32)
-    n_p2 = _pow2(n_state)
-    block_d = max(1, min(_pow2(channels), TILE_ELEMENTS // (n_p2 * BLOCK_L)))
-    grid = (batch, -(-channels // block_d))
-    if triton is None:
-        raise RuntimeError("the 'triton' selective-scan backend needs the triton package")
-    _scan_fwd[grid](
-        u32,
-        dt32,
-        a32,
-        b32,
-        c32,
-        D.float().contiguous() if D is not None else u32,
-        delta_bias.float().contiguous() if delta_bias is not None else u32,
-        y,
-        length,
-        channels,
-        channels // groups,
-        n_state,
-        u32.stride(0),
-        u32.stride(1),
-        b32.stride(0),
-        b32.stride(1),
-        b32.stride(2),
-        HAS_D=D is not None,
-        HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus,
-        N=n_p2,
-        BLOCK_D=block_d,
-        BLOCK_L=BLOCK_L,
+    """The selective scan (reference contract) with the fused Triton kernels, differentiable."""
+    inputs = [
+        t.float().contiguous() if t is not None else None
+        for t in (u, delta, A, B, C, D, delta_bias)
+    ]
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)
     )
+    if needs_grad:
+        y = _TritonScan.apply(*inputs, delta_softplus)
+    else:
+        y, _ = _forward(*inputs, delta_softplus, save_states=False)  # type: ignore[arg-type]
     return y.to(u.dtype)
