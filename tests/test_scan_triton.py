@@ -71,3 +71,31 @@ def test_triton_on_cpu_tensors_is_refused_without_the_interpreter() -> None:
                           cwd=Path(__file__).resolve().parents[1], timeout=300)
     out = proc.stdout + proc.stderr
     assert "refused:" in proc.stdout and "cannot run on cpu" in proc.stdout, out
+
+
+def _signature(fn, constexprs: dict) -> dict:  # type: ignore[no-untyped-def]
+    """Pointers are the *_ptr arguments (fp32), the rest int32 sizes and strides."""
+    return {name: "constexpr" if name in constexprs else "*fp32" if name.endswith("_ptr")
+            else "i32" for name in fn.arg_names}
+
+
+@pytest.mark.parametrize(("n_state", "optional"), [(8, True), (32, False)])
+def test_kernels_compile_for_hopper(n_state: int, optional: bool) -> None:
+    """The interpreter does not catch what only the compiler rejects: build both kernels to a
+    cubin for sm_90 (the H100/H200), which needs Triton's bundled ptxas but no GPU."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("kernels are interpreted in this process")
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from service.scan import triton_kernel as tk
+
+    block_d = tk._block_d(channels=128, per_group=32, n_p2=n_state)
+    common = {"HAS_D": optional, "HAS_BIAS": optional, "SOFTPLUS": True, "N": n_state,
+              "BLOCK_D": block_d, "BLOCK_L": tk.BLOCK_L}
+    for fn, constexprs in ((tk._scan_fwd, {**common, "SAVE_STATES": True}),
+                           (tk._scan_bwd, common)):
+        source = ASTSource(fn=fn, signature=_signature(fn, constexprs), constexprs=constexprs)
+        kernel = triton_compile(source, target=GPUTarget("cuda", 90, 32))
+        assert kernel.asm.get("cubin"), fn.__name__

@@ -57,6 +57,54 @@ if triton is not None:
         return dt
 
     @triton.jit
+    def _channels(
+        a_ptr, d_ptr, bias_ptr, channels, per_group, n_state, n_blocks,
+        s_ub, s_ud, s_bb, s_bg, s_bn,
+        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        """This program's channels of one batch item: masks, A, D, bias, and the offsets of its
+        rows in u/Δ/y (b, D, L), in B/C (b, G, N, L) and in the saved states (b, D, blocks, N)."""
+        pid_b = tl.program_id(0)
+        ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        n = tl.arange(0, N)
+        ch_ok = ch < channels
+        n_ok = n < n_state
+        mask2 = ch_ok[:, None] & n_ok[None, :]
+        a_mat = tl.load(a_ptr + ch[:, None] * n_state + n[None, :], mask=mask2, other=0.0)
+        d_vec = tl.zeros([BLOCK_D], tl.float32)
+        if HAS_D:
+            d_vec = tl.load(d_ptr + ch, mask=ch_ok, other=0.0)
+        bias = tl.zeros([BLOCK_D], tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + ch, mask=ch_ok, other=0.0)
+        row = pid_b * s_ub + ch * s_ud
+        bc_row = pid_b * s_bb + (ch // per_group)[:, None] * s_bg + n[None, :] * s_bn
+        st_row = ((pid_b * channels + ch[:, None]) * n_blocks) * n_state + n[None, :]
+        return ch_ok, n_ok, mask2, a_mat, d_vec, bias, row, bc_row, st_row
+
+    @triton.jit
+    def _block(
+        u_ptr, dt_ptr, b_ptr, c_ptr, row, bc_row, a_mat, bias, h0, ch_ok, n_ok, block, length,
+        SOFTPLUS: tl.constexpr, BLOCK_L: tl.constexpr,
+    ):  # fmt: skip
+        """One block's inputs and its states from h0, the state before it. Steps past the end
+        get decay 1 and input 0, so they keep the state."""
+        pos = block * BLOCK_L + tl.arange(0, BLOCK_L)
+        ok = ch_ok[:, None] & (pos < length)[None, :]
+        ok3 = ok[:, None, :] & n_ok[None, :, None]
+        u = tl.load(u_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
+        dt_raw = tl.load(dt_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0) + bias[:, None]
+        dt = _softplus(dt_raw, SOFTPLUS)
+        offs = bc_row[:, :, None] + pos[None, None, :]
+        b_val = tl.load(b_ptr + offs, mask=ok3, other=0.0)
+        c_val = tl.load(c_ptr + offs, mask=ok3, other=0.0)
+        decay = tl.where(ok3, tl.exp(dt[:, None, :] * a_mat[:, :, None]), 1.0)
+        x = dt[:, None, :] * b_val * u[:, None, :]
+        decay_cum, local = tl.associative_scan((decay, x), axis=2, combine_fn=_combine)
+        states = decay_cum * h0[:, :, None] + local
+        return pos, ok, ok3, u, dt_raw, dt, b_val, c_val, decay, x, states
+
+    @triton.jit
     def _scan_fwd(
         u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, y_ptr, state_ptr,
         length, channels, per_group, n_state, n_blocks,
@@ -65,46 +113,22 @@ if triton is not None:
         SAVE_STATES: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr,
     ):  # fmt: skip
-        pid_b = tl.program_id(0)
-        ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        n = tl.arange(0, N)
-        steps = tl.arange(0, BLOCK_L)
-        ch_ok = ch < channels
-        n_ok = n < n_state
-        mask2 = ch_ok[:, None] & n_ok[None, :]
-        group = ch // per_group
-        a_mat = tl.load(a_ptr + ch[:, None] * n_state + n[None, :], mask=mask2, other=0.0)
-        d_vec = tl.zeros([BLOCK_D], tl.float32)
-        if HAS_D:
-            d_vec = tl.load(d_ptr + ch, mask=ch_ok, other=0.0)
-        bias = tl.zeros([BLOCK_D], tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + ch, mask=ch_ok, other=0.0)
-        row = pid_b * s_ub + ch * s_ud  # u, Δ and y share the (b, D, L) contiguous layout
-        bc_row = pid_b * s_bb + group[:, None] * s_bg + n[None, :] * s_bn  # [BLOCK_D, N]
-        # saved states: (b, D, n_blocks, n_state), the state *before* each block
-        st_row = ((pid_b * channels + ch[:, None]) * n_blocks) * n_state + n[None, :]
+        ch_ok, n_ok, mask2, a_mat, d_vec, bias, row, bc_row, st_row = _channels(
+            a_ptr, d_ptr, bias_ptr, channels, per_group, n_state, n_blocks,
+            s_ub, s_ud, s_bb, s_bg, s_bn, HAS_D, HAS_BIAS, N, BLOCK_D,
+        )  # fmt: skip
+        last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :]
         h = tl.zeros([BLOCK_D, N], tl.float32)
         for block in range(0, n_blocks):
-            if SAVE_STATES:
+            if SAVE_STATES:  # the state before each block, for the backward
                 tl.store(state_ptr + st_row + block * n_state, h, mask=mask2)
-            pos = block * BLOCK_L + steps
-            ok = ch_ok[:, None] & (pos < length)[None, :]
-            u = tl.load(u_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
-            dt = tl.load(dt_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
-            dt = _softplus(dt + bias[:, None], SOFTPLUS)
-            ok3 = ok[:, None, :] & n_ok[None, :, None]
-            offs = bc_row[:, :, None] + pos[None, None, :]
-            b_val = tl.load(b_ptr + offs, mask=ok3, other=0.0)
-            c_val = tl.load(c_ptr + offs, mask=ok3, other=0.0)
-            decay = tl.where(ok3, tl.exp(dt[:, None, :] * a_mat[:, :, None]), 1.0)
-            x = dt[:, None, :] * b_val * u[:, None, :]
-            decay_cum, local = tl.associative_scan((decay, x), axis=2, combine_fn=_combine)
-            states = decay_cum * h[:, :, None] + local
+            pos, ok, _, u, _, _, _, c_val, _, _, states = _block(
+                u_ptr, dt_ptr, b_ptr, c_ptr, row, bc_row, a_mat, bias, h, ch_ok, n_ok, block,
+                length, SOFTPLUS, BLOCK_L,
+            )  # fmt: skip
             y = tl.sum(states * c_val, axis=1) + d_vec[:, None] * u
             tl.store(y_ptr + row[:, None] + pos[None, :], y, mask=ok)
-            last = (steps == BLOCK_L - 1)[None, None, :]
-            # masked tail steps keep the state (decay 1, input 0), so the last column holds it
+            # masked tail steps keep the state, so the last column holds it
             h = tl.sum(tl.where(last, states, 0.0), axis=2)
 
     @triton.jit
@@ -116,24 +140,15 @@ if triton is not None:
         HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     ):  # fmt: skip
+        ch_ok, n_ok, mask2, a_mat, d_vec, bias, row, bc_row, st_row = _channels(
+            a_ptr, d_ptr, bias_ptr, channels, per_group, n_state, n_blocks,
+            s_ub, s_ud, s_bb, s_bg, s_bn, HAS_D, HAS_BIAS, N, BLOCK_D,
+        )  # fmt: skip
         pid_b = tl.program_id(0)
-        ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         n = tl.arange(0, N)
         steps = tl.arange(0, BLOCK_L)
-        ch_ok = ch < channels
-        n_ok = n < n_state
-        mask2 = ch_ok[:, None] & n_ok[None, :]
-        group = ch // per_group
-        a_mat = tl.load(a_ptr + ch[:, None] * n_state + n[None, :], mask=mask2, other=0.0)
-        d_vec = tl.zeros([BLOCK_D], tl.float32)
-        if HAS_D:
-            d_vec = tl.load(d_ptr + ch, mask=ch_ok, other=0.0)
-        bias = tl.zeros([BLOCK_D], tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + ch, mask=ch_ok, other=0.0)
-        row = pid_b * s_ub + ch * s_ud
-        bc_row = pid_b * s_bb + group[:, None] * s_bg + n[None, :] * s_bn
-        st_row = ((pid_b * channels + ch[:, None]) * n_blocks) * n_state + n[None, :]
+        is_last = (steps == BLOCK_L - 1)[None, None, :]
+        is_first = (steps == 0)[None, None, :]
         group_id = (tl.program_id(1) * BLOCK_D) // per_group  # one group per program (_block_d)
         carry = tl.zeros([BLOCK_D, N], tl.float32)  # exp(Δ_s A) ⊙ g_s of the next block's first s
         da_acc = tl.zeros([BLOCK_D, N], tl.float32)
@@ -141,23 +156,12 @@ if triton is not None:
         dbias_acc = tl.zeros([BLOCK_D], tl.float32)
         for i in range(0, n_blocks):
             block = n_blocks - 1 - i
-            pos = block * BLOCK_L + steps
-            ok = ch_ok[:, None] & (pos < length)[None, :]
-            ok3 = ok[:, None, :] & n_ok[None, :, None]
-            u = tl.load(u_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
-            dt_raw = tl.load(dt_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
-            dt_raw = dt_raw + bias[:, None]
-            dt = _softplus(dt_raw, SOFTPLUS)
-            dy = tl.load(dy_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
-            offs = bc_row[:, :, None] + pos[None, None, :]
-            b_val = tl.load(b_ptr + offs, mask=ok3, other=0.0)
-            c_val = tl.load(c_ptr + offs, mask=ok3, other=0.0)
-            # recompute the block's states from its saved start
             h0 = tl.load(state_ptr + st_row + block * n_state, mask=mask2, other=0.0)
-            decay = tl.where(ok3, tl.exp(dt[:, None, :] * a_mat[:, :, None]), 1.0)
-            x = dt[:, None, :] * b_val * u[:, None, :]
-            decay_cum, local = tl.associative_scan((decay, x), axis=2, combine_fn=_combine)
-            states = decay_cum * h0[:, :, None] + local
+            pos, ok, ok3, u, dt_raw, dt, b_val, c_val, decay, x, states = _block(
+                u_ptr, dt_ptr, b_ptr, c_ptr, row, bc_row, a_mat, bias, h0, ch_ok, n_ok, block,
+                length, SOFTPLUS, BLOCK_L,
+            )  # fmt: skip
+            dy = tl.load(dy_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
             # adjoint: g_t = exp(Δ_{t+1}A) ⊙ g_{t+1} + C_t dy_t, the block's last t gets `carry`
             nxt = pos + 1
             ok_n = ch_ok[:, None] & (nxt < length)[None, :] & (steps < BLOCK_L - 1)[None, :]
@@ -165,16 +169,15 @@ if triton is not None:
             dt_n = _softplus(dt_n + bias[:, None], SOFTPLUS)
             ok3_n = ok_n[:, None, :] & n_ok[None, :, None]
             decay_n = tl.where(ok3_n, tl.exp(dt_n[:, None, :] * a_mat[:, :, None]), 1.0)
-            src = c_val * dy[:, None, :]
-            is_last = (steps == BLOCK_L - 1)[None, None, :]
-            src = src + tl.where(is_last, carry[:, :, None], 0.0)
+            src = c_val * dy[:, None, :] + tl.where(is_last, carry[:, :, None], 0.0)
             decay_n = tl.where(is_last, 1.0, decay_n)
             _, g = tl.associative_scan((decay_n, src), axis=2, combine_fn=_combine, reverse=True)
             g = tl.where(ok3, g, 0.0)
             # h_t − x_t = exp(Δ_t A) ⊙ h_{t−1}: the decay's share, with no division
             hx = (states - x) * g
-            du = tl.sum(g * b_val, axis=1) * dt + d_vec[:, None] * dy
-            ddt = tl.sum(g * b_val, axis=1) * u + tl.sum(hx * a_mat[:, :, None], axis=1)
+            gb = tl.sum(g * b_val, axis=1)
+            du = gb * dt + d_vec[:, None] * dy
+            ddt = gb * u + tl.sum(hx * a_mat[:, :, None], axis=1)
             if SOFTPLUS:
                 ddt = ddt * tl.where(dt_raw <= 20.0, tl.sigmoid(dt_raw), 1.0)
             ddt = tl.where(ok, ddt, 0.0)
@@ -185,13 +188,12 @@ if triton is not None:
             dbias_acc += tl.sum(ddt, axis=1)
             db = tl.sum(g * (dt * u)[:, None, :], axis=0)  # [N, BLOCK_L], this program's channels
             dc = tl.sum(states * dy[:, None, :], axis=0)
-            # every channel of a program shares one group only when BLOCK_D divides per_group
             g_offs = pid_b * s_bb + group_id * s_bg + n[:, None] * s_bn + pos[None, :]
             g_ok = n_ok[:, None] & (pos < length)[None, :]
             tl.atomic_add(db_ptr + g_offs, db, mask=g_ok)
             tl.atomic_add(dc_ptr + g_offs, dc, mask=g_ok)
-            first = (steps == 0)[None, None, :]
-            carry = tl.sum(tl.where(first, g * decay, 0.0), axis=2)
+            carry = tl.sum(tl.where(is_first, g * decay, 0.0), axis=2)
+        ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         tl.atomic_add(da_ptr + ch[:, None] * n_state + n[None, :], da_acc, mask=mask2)
         tl.atomic_add(dd_ptr + ch, dd_acc, mask=ch_ok)
         tl.atomic_add(dbias_ptr + ch, dbias_acc, mask=ch_ok)
