@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One lease of a CUDA machine, as one command. PARTS picks what runs, in this order:
-#   bench — scan kernels (parity + ms), engines (small and published size), the service's
-#           batching on vs off; nothing else runs meanwhile, so the timings are clean;
+#   bench — scan kernels (parity + ms, Triton tile sweep), engines (small and published size),
+#           the service's batching on vs off; nothing else runs meanwhile, so timings are clean;
 #   tests — the CUDA tests of tests/test_engines.py and tests/test_scan.py;
 #   train — a time-boxed two-stage fine-tuning of the shipped defaults (bench/gpu_train.py).
 # Everything lands in $OUT/results.tgz (tables, JSON, logs), fine-tuned weights beside it.
@@ -35,6 +35,8 @@ step() {  # step NAME SECONDS COMMAND...: bounded, logged, never fatal
 }
 if [[ $PARTS == *" bench "* ]]; then
     step scan 30 python3 bench/scan.py --repeat 5 --ref-repeat 1 --json "$R/scan.json"
+    step triton_tiles 80 python3 bench/triton_tiles.py --block-l 32 64 128 --tile 2048 4096 8192 \
+        --json "$R/triton_tiles.json"
     step engines_small 70 python3 bench/engines.py --device cuda --repeat 10 \
         --engines eager cuda_graphs bf16 fp16 --batches 1 4 8 16 --json "$R/engines_small.json"
     step serve 60 python3 bench/serve.py --device cuda --requests 64 --concurrency 8 \
