@@ -65,10 +65,6 @@ def _cpu_kernel_imports() -> bool:
     return True
 
 
-def _triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 @functools.cache
 def _triton_available() -> bool:
     from service.scan import triton_kernel  # imports triton, when installed
@@ -99,7 +95,11 @@ def _choose(device_type: str) -> tuple[str, str]:
         if device_type == "cpu":
             return ("cpu" if _cpu_kernel_imports() else "chunked"), source
         return "chunked", source
-    wanted = "cuda" if name == "triton" and not _triton_interpreting() else name
+    wanted = name
+    if name == "triton":
+        from service.scan.triton_kernel import interpreting
+
+        wanted = name if interpreting() else "cuda"
     if wanted in ("cpu", "cuda") and device_type != wanted:
         raise RuntimeError(
             f"selective-scan backend {name!r} ({source}) cannot run on {device_type} tensors"
