@@ -3,7 +3,8 @@
 #   bench — scan kernels (parity + ms, Triton tile sweep), engines (small and published size),
 #           the service's batching on vs off; nothing else runs meanwhile, so timings are clean;
 #   tests — the CUDA tests of tests/test_engines.py and tests/test_scan.py;
-#   train — a time-boxed two-stage fine-tuning of the shipped defaults (bench/gpu_train.py).
+#   train — a time-boxed two-stage fine-tuning of the shipped defaults (bench/gpu_train.py), or
+#           with MODEL_ARGS="--dim … --blocks …" a from-scratch run of that config.
 # Everything lands in $OUT/results.tgz (tables, JSON, logs), fine-tuned weights beside it.
 # Packages the machine lacks travel as wheels in .whl/ and the clean pool as JPEGs in
 # .gpu/pool (README, "Measuring on a GPU"):   PARTS="bench tests" bash bench/gpu_session.sh
@@ -55,7 +56,8 @@ if [[ $PARTS == *" bench "* ]]; then
 fi
 if [[ $PARTS == *" train "* ]]; then
     step train "$TRAIN_S" python3 bench/gpu_train.py --device cuda --clean .gpu/pool \
-        --out "$R/train" --stage1-s $((TRAIN_S * 6 / 10)) --stage2-s $((TRAIN_S * 3 / 10 - 10))
+        --out "$R/train" --stage1-s $((TRAIN_S * 6 / 10)) --stage2-s $((TRAIN_S * 3 / 10 - 10)) \
+        ${MODEL_ARGS:+--model-args "$MODEL_ARGS"}
     cp "$R"/train/*-s2.safetensors "$OUT/" 2>/dev/null
 fi
 cat "$R/steps.txt"

@@ -5,7 +5,8 @@ length up front. So each stage first runs a few calibration iterations, reads th
 iterations per second from the run's own log, then resumes the same run (``--max-iters`` may
 change on resume) with the length that fits the budget — all tasks concurrently, since the small
 network leaves the GPU mostly idle. Both stages of the release's recipe run, from the shipped
-weights (``--init models/<task>.safetensors``), and each task's final EMA weights are exported.
+weights (``--init models/<task>.safetensors``) or, with ``--model-args``, from scratch for another
+config; each task's final EMA weights are exported.
 
     python bench/gpu_train.py --device cuda --clean data/pool --stage1-s 240 --stage2-s 100 \
         --out runs/gpu
@@ -93,6 +94,9 @@ def main() -> None:
     p.add_argument("--lr", default="2e-4,2e-5", help="peak LR of stage 1, stage 2")
     p.add_argument("--workers", type=int, default=4, help="data workers per task")
     p.add_argument("--val-count", type=int, default=8)
+    p.add_argument("--model-args", default=None, metavar="ARGS",
+                   help="train this config from scratch instead of fine-tuning the shipped "
+                        "weights, e.g. \"--dim 16 --blocks 1,2,2,4 --d-state 8\"")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lr1, lr2 = args.lr.split(",")
@@ -100,9 +104,15 @@ def main() -> None:
               "--patch-schedule", f"{args.patch}:0", "--val-every", "0", "--save-every", "1000000",
               "--val-count", str(args.val_count), "--no-progress", "--log-every", "10",
               "--min-lr", "1e-6"]
-    s1 = {t: ["--workdir", str(args.out / f"{t}-s1"), "--task", t, "--stage", "1",
-              "--init", str(args.models / f"{t}.safetensors"), "--lr", lr1, "--warmup", "50",
-              "--batch-schedule", f"{args.batch}:0", *common] for t in args.tasks}
+
+    def start(task: str) -> list[str]:
+        if args.model_args:
+            return args.model_args.split()
+        return ["--init", str(args.models / f"{task}.safetensors")]
+
+    s1 = {t: ["--workdir", str(args.out / f"{t}-s1"), "--task", t, "--stage", "1", *start(t),
+              "--lr", lr1, "--warmup", "50", "--batch-schedule", f"{args.batch}:0", *common]
+          for t in args.tasks}
     report = {"stage1": stage("s1", s1, args.stage1_s, args.out, args.out)}
     s2 = {t: ["--workdir", str(args.out / f"{t}-s2"), "--task", t, "--stage", "2",
               "--init", str(args.out / f"{t}-s1.safetensors"), "--lr", lr2,
