@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 
@@ -217,7 +218,7 @@ def _block_d(channels: int, per_group: int, n_p2: int) -> int:
     return block
 
 
-def _layout(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> dict[str, int]:
+def _layout(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> dict[str, Any]:
     batch, channels, length = u.shape
     per_group = channels // B.shape[1]
     n_p2 = _pow2(A.shape[1])
@@ -231,6 +232,7 @@ def _layout(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> dict[str, int]
         "n_p2": n_p2,
         "block_d": block_d,
         "n_blocks": -(-length // BLOCK_L),
+        "grid": (batch, -(-channels // block_d)),  # one program per (item, channel block)
     }
 
 
@@ -262,8 +264,7 @@ def _forward(
         if save_states
         else None
     )
-    grid = (k["batch"], -(-k["channels"] // k["block_d"]))
-    _scan_fwd[grid](
+    _scan_fwd[k["grid"]](
         u, dt, A, B, C, D if D is not None else u, bias if bias is not None else u, y,
         states if states is not None else y,
         k["length"], k["channels"], k["per_group"], k["n_state"], k["n_blocks"],
@@ -294,8 +295,7 @@ class _TritonScan(torch.autograd.Function):
         dB, dC = torch.zeros_like(B), torch.zeros_like(C)
         dD = torch.zeros(k["channels"], device=u.device, dtype=torch.float32)
         dbias = torch.zeros_like(dD)
-        grid = (k["batch"], -(-k["channels"] // k["block_d"]))
-        _scan_bwd[grid](
+        _scan_bwd[k["grid"]](
             u, dt, A, B, C, D if D is not None else u, bias if bias is not None else u, states,
             dy, du, ddt, dA, dB, dC, dD, dbias,
             k["length"], k["channels"], k["per_group"], k["n_state"], k["n_blocks"],
