@@ -37,6 +37,13 @@ def test_kernel_matches_reference(results: dict) -> None:
         assert row["dtype"] == "torch.float32"
 
 
+def test_split_forward_matches_reference(results: dict) -> None:
+    rows = results["split"]
+    assert [row["splits"] for row in rows] == [3, 4, 5, 3]  # 99 asked, 3 blocks
+    for row in rows:
+        assert row["max_err"] <= 1e-5 * max(1.0, row["scale"]), row
+
+
 def test_backward_kernel_matches_reference_gradients(results: dict) -> None:
     assert len(results["gradients"]) == 3
     for row in results["gradients"]:
@@ -94,8 +101,38 @@ def test_kernels_compile_for_hopper(n_state: int, optional: bool) -> None:
     block_d = tk._block_d(channels=128, per_group=32, n_p2=n_state)
     common = {"HAS_D": optional, "HAS_BIAS": optional, "SOFTPLUS": True, "N": n_state,
               "BLOCK_D": block_d, "BLOCK_L": tk.BLOCK_L}
+    summary = {k: v for k, v in common.items() if k != "HAS_D"}
     for fn, constexprs in ((tk._scan_fwd, {**common, "SAVE_STATES": True}),
-                           (tk._scan_bwd, common)):
+                           (tk._scan_summary, summary), (tk._scan_bwd, common)):
         source = ASTSource(fn=fn, signature=_signature(fn, constexprs), constexprs=constexprs)
         kernel = triton_compile(source, target=GPUTarget("cuda", 90, 32))
         assert kernel.asm.get("cubin"), fn.__name__
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("splits", [None, 1])
+def test_cuda_triton_kernels_match_chunked(splits: int | None) -> None:
+    """On the GPU itself, at a level-1-like length: the forward (split for the GPU when None)
+    and every gradient of the backward against the chunked form under autograd."""
+    import torch
+    from test_scan import make_inputs
+
+    from service.scan.chunked import selective_scan_chunked
+    from service.scan.triton_kernel import _layout, selective_scan_triton
+
+    inputs = make_inputs(2, 64, 8192 + 17, 16, 4, device="cuda")
+    if splits is None:
+        assert _layout(inputs["u"], inputs["A"], inputs["B"])["splits"] > 1
+    names = list(inputs)
+    got_leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    want_leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    got = selective_scan_triton(**got_leaves, splits=splits)
+    want = selective_scan_chunked(**want_leaves)
+    scale = float(want.abs().max())
+    assert float((got - want).abs().max()) <= 1e-4 * max(1.0, scale)
+    weights = torch.linspace(-1, 1, want.numel(), device="cuda").reshape(want.shape)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    for name in names:
+        g, w = got_leaves[name].grad, want_leaves[name].grad
+        assert float((g - w).abs().max()) <= 1e-3 * max(1.0, float(w.abs().max())), name

@@ -10,6 +10,7 @@ import in the process — other tests may already have imported it without.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import os
 import sys
@@ -47,7 +48,11 @@ interpreter.int = _Int  # type: ignore[attr-defined]
 
 from test_scan import make_inputs  # noqa: E402
 
-from service.scan import selective_scan, set_backend  # noqa: E402
+from service.scan import (  # noqa: E402
+    selective_scan,
+    set_backend,
+    triton_kernel,
+)
 from service.scan.reference import selective_scan_reference  # noqa: E402
 from service.scan.triton_kernel import BLOCK_L, selective_scan_triton  # noqa: E402
 
@@ -73,13 +78,34 @@ def kernel_cases() -> list[dict]:
     return rows
 
 
+def split_cases() -> list[dict]:
+    """The forward with the sequence split in stretches (summary kernel, then each stretch
+    started from the composed summaries): uneven last stretch, tails, N not a power of two,
+    batch 2, and more stretches asked for than there are blocks."""
+    rows = []
+    cases = [((1, 8, 9 * BLOCK_L + 33, 16, 4), 3, True),
+             ((2, 12, 7 * BLOCK_L + 5, 5, 3), 4, True),
+             ((1, 8, 5 * BLOCK_L, 8, 1), 5, False),
+             ((1, 4, 3 * BLOCK_L - 1, 8, 2), 99, True)]
+    for shape, splits, softplus in cases:
+        inputs = make_inputs(*shape, with_bias=softplus,  # Δ stays positive without softplus
+                             delta_range=(-4.0, 1.0) if softplus else (0.01, 0.2))
+        got = selective_scan_triton(**inputs, delta_softplus=softplus, splits=splits)
+        want = selective_scan_reference(**inputs, delta_softplus=softplus)
+        layout = triton_kernel._layout(inputs["u"], inputs["A"], inputs["B"], splits)
+        rows.append({"shape": shape, "splits": layout["splits"],
+                     "max_err": float((got - want).abs().max()),
+                     "scale": float(want.abs().max())})
+    return rows
+
+
 def gradient_cases() -> list[dict]:
     """Every input's gradient from the backward kernel against autograd through the reference,
     for a weighted sum of y (so each output position counts differently)."""
     rows = []
-    for shape, optional, softplus in [((2, 8, 2 * BLOCK_L + 22, 5, 2), True, True),
-                                      ((1, 4, BLOCK_L, 8, 1), False, True),
-                                      ((1, 6, 70, 4, 3), False, False)]:
+    for shape, optional, softplus, splits in [((2, 8, 2 * BLOCK_L + 22, 5, 2), True, True, 1),
+                                              ((1, 4, 6 * BLOCK_L, 8, 1), False, True, 3),
+                                              ((1, 6, 70, 4, 3), False, False, 1)]:
         inputs = make_inputs(*shape, with_d=optional, with_bias=optional,
                              delta_range=(-4.0, 1.0) if softplus else (0.01, 1.0))
         names = [k for k, v in inputs.items() if v is not None]
@@ -91,8 +117,9 @@ def gradient_cases() -> list[dict]:
             (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
             return {k: leaves[k].grad for k in names}
 
-        got, want = grads(selective_scan_triton), grads(selective_scan_reference)
-        rows.append({"shape": shape, "inputs": names,
+        split_scan = functools.partial(selective_scan_triton, splits=splits)
+        got, want = grads(split_scan), grads(selective_scan_reference)
+        rows.append({"shape": shape, "inputs": names, "splits": splits,
                      "rel_err": {k: float((got[k] - want[k]).abs().max())
                                  / max(1.0, float(want[k].abs().max())) for k in names}})
     return rows
@@ -134,5 +161,6 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["network"]:  # ~30 s under the interpreter: the slow test
         print(json.dumps({"network": network_case()}))
     else:
-        print(json.dumps({"kernel": kernel_cases(), "gradients": gradient_cases(),
+        print(json.dumps({"kernel": kernel_cases(), "split": split_cases(),
+                          "gradients": gradient_cases(),
                           "dispatch": dispatch_case()}))

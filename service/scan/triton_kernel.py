@@ -8,6 +8,13 @@ program owns a few channels of one batch item and walks L in blocks of BLOCK_L s
 each block with a parallel associative scan of (decay, input) pairs and carrying the state to the
 next block, so it reads u, Δ, B, C once and writes y once.
 
+Long sequences with few channels (a small model's first level at batch 1: 128 channels, 65,536
+steps) would leave most of the GPU idle, each program walking a thousand blocks in turn. So the
+forward also splits L into up to `splits` stretches, one program each: a summary kernel gives
+every stretch's final state from a zero start (the decay from each step to the stretch's end is
+exp(A · suffix sum of Δ), so no scan is needed) and its Δ sum; the scan kernel then starts each
+stretch from the state that the earlier stretches' summaries compose to.
+
 Training uses the same walk: the forward saves the state at every block start, and the backward
 goes over the blocks from last to first, recomputing each block's states from its saved start,
 solving the adjoint recurrence g_t = exp(Δ_{t+1}A) ⊙ g_{t+1} + C_t·dy_t with a reversed
@@ -32,6 +39,12 @@ BLOCK_L = 64
 
 TILE_ELEMENTS = 2048
 """Elements of one [channels, N, BLOCK_L] register tile per program (~16 per thread)."""
+
+PROGRAMS_PER_SM = 8
+"""How many forward programs per multiprocessor the sequence split aims for."""
+
+MIN_BLOCKS_PER_SPLIT = 4
+"""Shortest stretch (in blocks) worth its own program: each split costs one more read of u, Δ, B."""
 
 
 def interpreting() -> bool:
@@ -106,9 +119,53 @@ if triton is not None:
         return pos, ok, ok3, u, dt_raw, dt, b_val, c_val, decay, x, states
 
     @triton.jit
+    def _split_rows(channels, n_state, n_splits, N: tl.constexpr, BLOCK_D: tl.constexpr):  # type: ignore[no-untyped-def]
+        """Offsets of this program's channels in the summaries: h_end (b, D, splits, N) and the
+        Δ sums (b, D, splits)."""
+        ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        sum_row = (tl.program_id(0) * channels + ch) * n_splits
+        return sum_row, sum_row[:, None] * n_state + tl.arange(0, N)[None, :]
+
+    @triton.jit
+    def _scan_summary(
+        u_ptr, dt_ptr, a_ptr, b_ptr, bias_ptr, hend_ptr, dtsum_ptr,
+        length, channels, per_group, n_state, n_blocks, blocks_per_split, n_splits,
+        s_ub, s_ud, s_bb, s_bg, s_bn,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, N: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    ):  # fmt: skip
+        """One stretch's final state from a zero start, and the sum of its Δ."""
+        ch_ok, n_ok, mask2, a_mat, _, bias, row, bc_row, _ = _channels(
+            a_ptr, a_ptr, bias_ptr, channels, per_group, n_state, n_blocks,
+            s_ub, s_ud, s_bb, s_bg, s_bn, False, HAS_BIAS, N, BLOCK_D,
+        )  # fmt: skip
+        split = tl.program_id(2)
+        first = split * blocks_per_split
+        stop = tl.minimum(first + blocks_per_split, n_blocks)
+        h = tl.zeros([BLOCK_D, N], tl.float32)
+        total = tl.zeros([BLOCK_D], tl.float32)
+        for block in range(first, stop):
+            pos = block * BLOCK_L + tl.arange(0, BLOCK_L)
+            ok = ch_ok[:, None] & (pos < length)[None, :]
+            ok3 = ok[:, None, :] & n_ok[None, :, None]
+            u = tl.load(u_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
+            dt = tl.load(dt_ptr + row[:, None] + pos[None, :], mask=ok, other=0.0)
+            dt = tl.where(ok, _softplus(dt + bias[:, None], SOFTPLUS), 0.0)
+            b_val = tl.load(b_ptr + bc_row[:, :, None] + pos[None, None, :], mask=ok3, other=0.0)
+            block_sum = tl.sum(dt, axis=1)
+            after = block_sum[:, None] - tl.cumsum(dt, axis=1)  # Δ of the steps after each t
+            weight = tl.exp(after[:, None, :] * a_mat[:, :, None])
+            x = dt[:, None, :] * b_val * u[:, None, :]
+            h = tl.exp(block_sum[:, None] * a_mat) * h + tl.sum(weight * x, axis=2)
+            total += block_sum
+        sum_row, hend_row = _split_rows(channels, n_state, n_splits, N, BLOCK_D)
+        tl.store(hend_ptr + hend_row + split * n_state, h, mask=mask2)
+        tl.store(dtsum_ptr + sum_row + split, total, mask=ch_ok)
+
+    @triton.jit
     def _scan_fwd(
-        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, y_ptr, state_ptr,
-        length, channels, per_group, n_state, n_blocks,
+        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, y_ptr, state_ptr, hend_ptr, dtsum_ptr,
+        length, channels, per_group, n_state, n_blocks, blocks_per_split, n_splits,
         s_ub, s_ud, s_bb, s_bg, s_bn,
         HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         SAVE_STATES: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -119,8 +176,15 @@ if triton is not None:
             s_ub, s_ud, s_bb, s_bg, s_bn, HAS_D, HAS_BIAS, N, BLOCK_D,
         )  # fmt: skip
         last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :]
+        split = tl.program_id(2)
+        sum_row, hend_row = _split_rows(channels, n_state, n_splits, N, BLOCK_D)
         h = tl.zeros([BLOCK_D, N], tl.float32)
-        for block in range(0, n_blocks):
+        for earlier in range(0, split):  # compose the earlier stretches' summaries
+            h_end = tl.load(hend_ptr + hend_row + earlier * n_state, mask=mask2, other=0.0)
+            dt_sum = tl.load(dtsum_ptr + sum_row + earlier, mask=ch_ok, other=0.0)
+            h = tl.exp(dt_sum[:, None] * a_mat) * h + h_end
+        first = split * blocks_per_split
+        for block in range(first, tl.minimum(first + blocks_per_split, n_blocks)):
             if SAVE_STATES:  # the state before each block, for the backward
                 tl.store(state_ptr + st_row + block * n_state, h, mask=mask2)
             pos, ok, _, u, _, _, _, c_val, _, _, states = _block(
@@ -218,11 +282,34 @@ def _block_d(channels: int, per_group: int, n_p2: int) -> int:
     return block
 
 
-def _layout(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> dict[str, Any]:
+def _multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132  # the interpreter: size the split as for an H100/H200
+
+
+def _split_count(programs: int, n_blocks: int, device: torch.device) -> int:
+    """Stretches per sequence: enough programs to fill the GPU, none shorter than
+    MIN_BLOCKS_PER_SPLIT blocks; 1 when the channels alone fill it."""
+    wanted = -(-PROGRAMS_PER_SM * _multiprocessors(device) // programs)
+    return max(1, min(wanted, n_blocks // MIN_BLOCKS_PER_SPLIT))
+
+
+def _layout(
+    u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, splits: int | None = None
+) -> dict[str, Any]:
+    """Tile sizes and grids: the backward's (item, channel block), and the forward's with the
+    sequence split in `splits` stretches (chosen for the GPU when None)."""
     batch, channels, length = u.shape
     per_group = channels // B.shape[1]
     n_p2 = _pow2(A.shape[1])
     block_d = _block_d(channels, per_group, n_p2)
+    n_blocks = -(-length // BLOCK_L)
+    grid = (batch, -(-channels // block_d))  # one program per (item, channel block)
+    if splits is None:
+        splits = _split_count(grid[0] * grid[1], n_blocks, u.device)
+    per_split = -(-n_blocks // max(1, min(splits, n_blocks)))
+    splits = -(-n_blocks // per_split)  # no empty stretch
     return {
         "batch": batch,
         "channels": channels,
@@ -231,8 +318,11 @@ def _layout(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> dict[str, Any]
         "n_state": A.shape[1],
         "n_p2": n_p2,
         "block_d": block_d,
-        "n_blocks": -(-length // BLOCK_L),
-        "grid": (batch, -(-channels // block_d)),  # one program per (item, channel block)
+        "n_blocks": n_blocks,
+        "grid": grid,
+        "splits": splits,
+        "blocks_per_split": per_split,
+        "fwd_grid": (*grid, splits),
     }
 
 
@@ -246,11 +336,12 @@ def _forward(
     bias: torch.Tensor | None,
     softplus: bool,
     save_states: bool,
+    splits: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """fp32 contiguous inputs -> y, and the per-block start states when asked."""
     if triton is None:
         raise RuntimeError("the 'triton' selective-scan backend needs the triton package")
-    k = _layout(u, A, B)
+    k = _layout(u, A, B, splits)
     y = torch.empty_like(u)
     states = (
         torch.empty(
@@ -264,11 +355,30 @@ def _forward(
         if save_states
         else None
     )
-    _scan_fwd[k["grid"]](
+    dims = (k["length"], k["channels"], k["per_group"], k["n_state"], k["n_blocks"],
+            k["blocks_per_split"], k["splits"],
+            u.stride(0), u.stride(1), B.stride(0), B.stride(1), B.stride(2))  # fmt: skip
+    h_end, dt_sum = y, y  # not read with one stretch
+    if k["splits"] > 1:
+        h_end = torch.empty(
+            k["batch"],
+            k["channels"],
+            k["splits"],
+            k["n_state"],
+            device=u.device,
+            dtype=torch.float32,
+        )
+        dt_sum = torch.empty(
+            k["batch"], k["channels"], k["splits"], device=u.device, dtype=torch.float32
+        )
+        _scan_summary[k["fwd_grid"]](
+            u, dt, A, B, bias if bias is not None else u, h_end, dt_sum, *dims,
+            HAS_BIAS=bias is not None, SOFTPLUS=softplus, N=k["n_p2"], BLOCK_D=k["block_d"],
+            BLOCK_L=BLOCK_L,
+        )  # fmt: skip
+    _scan_fwd[k["fwd_grid"]](
         u, dt, A, B, C, D if D is not None else u, bias if bias is not None else u, y,
-        states if states is not None else y,
-        k["length"], k["channels"], k["per_group"], k["n_state"], k["n_blocks"],
-        u.stride(0), u.stride(1), B.stride(0), B.stride(1), B.stride(2),
+        states if states is not None else y, h_end, dt_sum, *dims,
         HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
         SAVE_STATES=save_states, N=k["n_p2"], BLOCK_D=k["block_d"], BLOCK_L=BLOCK_L,
     )  # fmt: skip
@@ -279,8 +389,8 @@ class _TritonScan(torch.autograd.Function):
     """Forward saves block-start states; backward is the reversed walk of `_scan_bwd`."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, D, bias, softplus):  # type: ignore[no-untyped-def, override]
-        y, states = _forward(u, dt, A, B, C, D, bias, softplus, save_states=True)
+    def forward(ctx, u, dt, A, B, C, D, bias, softplus, splits):  # type: ignore[no-untyped-def, override]
+        y, states = _forward(u, dt, A, B, C, D, bias, softplus, save_states=True, splits=splits)
         ctx.save_for_backward(u, dt, A, B, C, D, bias, states)
         ctx.softplus = softplus
         return y
@@ -312,6 +422,7 @@ class _TritonScan(torch.autograd.Function):
             dD if D is not None else None,
             dbias if bias is not None else None,
             None,
+            None,
         )
 
 
@@ -324,8 +435,11 @@ def selective_scan_triton(
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
+    *,
+    splits: int | None = None,
 ) -> torch.Tensor:
-    """The selective scan (reference contract) with the fused Triton kernels, differentiable."""
+    """The selective scan (reference contract) with the fused Triton kernels, differentiable.
+    `splits` fixes the forward's sequence split (tests, benchmarks); None sizes it for the GPU."""
     inputs = [
         t.float().contiguous() if t is not None else None
         for t in (u, delta, A, B, C, D, delta_bias)
@@ -334,7 +448,12 @@ def selective_scan_triton(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)
     )
     if needs_grad:
-        y = _TritonScan.apply(*inputs, delta_softplus)
+        y = _TritonScan.apply(*inputs, delta_softplus, splits)
     else:
-        y, _ = _forward(*inputs, delta_softplus, save_states=False)  # type: ignore[arg-type]
+        y, _ = _forward(
+            *inputs,
+            delta_softplus,
+            save_states=False,  # type: ignore[arg-type]
+            splits=splits,
+        )
     return y.to(u.dtype)
