@@ -44,7 +44,7 @@ if has scan; then
     step scan 30 python3 bench/scan.py --repeat 5 --ref-repeat 1 --json "$R/scan.json"
     step tiles_small 60 python3 bench/triton_tiles.py --channels 128 --state 8 --block-l 64 \
         --tile 2048 --splits 0 1 8 32 128 --json "$R/tiles_small.json"
-    step tiles_published 80 python3 bench/triton_tiles.py --block-l 32 64 --tile 2048 \
+    step tiles_published 60 python3 bench/triton_tiles.py --block-l 32 64 --tile 2048 \
         --splits 0 1 --json "$R/tiles_published.json"
 fi
 if has profile; then
