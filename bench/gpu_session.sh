@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # One lease of a CUDA machine, as one command. PARTS picks what runs, in this order:
-#   scan      — scan kernels: parity and ms of every backend; the Triton tile/split sweep at the
-#               published and the small model's level-1 shape;
+#   scan      — scan kernels: parity and ms of every backend;
+#   tiles     — the Triton tile/split sweep at the published and the small model's level-1 shape;
 #   profile   — where an eager pass spends its GPU time (small and published configs);
 #   engines   — engines side by side (small and published size; chunked scan with "chunked");
 #   serve     — the service's batching on vs off;
 #   tests     — the CUDA tests (engines, scan, Triton kernels on the GPU);
 #   train     — a time-boxed two-stage fine-tuning of the shipped defaults (bench/gpu_train.py), or
 #               with MODEL_ARGS="--dim … --blocks …" a from-scratch run of that config.
-# "bench" stands for "scan profile engines serve". Benchmarks run alone, so timings are clean.
+# "bench" stands for "scan tiles profile engines serve". Benchmarks run alone, so timings are clean.
 # Everything lands in $OUT/results.tgz (tables, JSON, logs), fine-tuned weights beside it.
 # Packages the machine lacks travel as wheels in .whl/ and the clean pool as JPEGs in
 # .gpu/pool (README, "Measuring on a GPU"):   PARTS="bench tests" bash bench/gpu_session.sh
 set -u
 OUT=${OUT:-/tmp/gpu-session}
 PARTS=" ${PARTS:-bench tests train} "
-PARTS=${PARTS/ bench / scan profile engines serve }
+PARTS=${PARTS/ bench / scan tiles profile engines serve }
 TRAIN_S=${TRAIN_S:-370}
 R=$OUT/r
 mkdir -p "$R"
@@ -42,6 +42,8 @@ step() {  # step NAME SECONDS COMMAND...: bounded, logged, never fatal
 has() { [[ $PARTS == *" $1 "* ]]; }
 if has scan; then
     step scan 30 python3 bench/scan.py --repeat 5 --ref-repeat 1 --json "$R/scan.json"
+fi
+if has tiles; then
     step tiles_small 60 python3 bench/triton_tiles.py --channels 128 --state 8 --block-l 64 \
         --tile 2048 --splits 0 1 8 32 128 --json "$R/tiles_small.json"
     step tiles_published 60 python3 bench/triton_tiles.py --block-l 32 64 --tile 2048 \
@@ -60,7 +62,7 @@ if has serve; then
         --json "$R/serve.json"
 fi
 if has tests; then
-    step pytest 90 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_engines.py \
+    step pytest 60 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_engines.py \
         tests/test_scan.py tests/test_scan_triton.py
 fi
 if has engines; then
