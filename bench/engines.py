@@ -8,6 +8,12 @@ compile or capture), warmed, then timed on the same inputs:
              tile, so per-step blending is included), median of --repeat,
 * tiles/s  — throughput at each --batches size (GPU by default; --batches on the CPU too).
 
+Interleaved: all engines are built first, then each round times every engine once (in a rotating
+order), and a speed-up is the median over rounds of eager's time / the engine's time in the same
+round. On a shared machine whose speed drifts by ±15 % over minutes (this project's development
+VM), timing one engine after the other let the drift pass for a speed-up; pairing by round
+cancels it.
+
 CPU cases: eager (numba scan), compile, onnxruntime. CUDA cases: eager, cuda_graphs, bf16 and
 fp16 (CUDA graphs under autocast, scan mixers in fp32), onnxruntime (TensorRT/CUDA provider) and
 tensorrt. Engines that cannot run here are listed as skipped with the reason.
@@ -56,17 +62,6 @@ CASES: dict[str, tuple[str, str, bool]] = {
 }
 
 
-def median_seconds(fn: Callable[[], object], repeat: int, sync: bool) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def random_checkpoint(directory: Path, dim: int, blocks: list[int], d_state: int) -> Path:
     from service.nn import DiffMamba, DiffMambaConfig
 
@@ -93,8 +88,8 @@ def restore_tile(engine: Engine, loaded: LoadedModel, tile: int, steps: int) -> 
     session.result()
 
 
-def measure(case: str, checkpoint: Path, device: torch.device, args: argparse.Namespace,
-            cache_dir: Path) -> dict[str, Any]:
+def build(case: str, checkpoint: Path, device: torch.device, args: argparse.Namespace,
+          cache_dir: Path) -> dict[str, Any]:
     name, precision, graphs = CASES[case]
     loaded = load_checkpoint(checkpoint, device=device)  # fresh model: engines wrap modules
     options = EngineOptions(engine=name, precision=precision, tile=args.tile,
@@ -102,24 +97,64 @@ def measure(case: str, checkpoint: Path, device: torch.device, args: argparse.Na
     start = time.perf_counter()
     engine = build_engine(loaded, device, options, checkpoint, label=case)
     engine.warm_up()
-    build_s = time.perf_counter() - start
+    return {"engine": engine, "loaded": loaded, "build_s": time.perf_counter() - start}
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int, sync: bool
+                ) -> dict[str, list[float]]:
+    """Seconds per call of each function, one call of each per round, order rotated by round."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:  # first calls (allocations, lazy inits) are not timed
+        fns[n]()
+    for r in range(repeat):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            fns[n]()
+            if sync:
+                torch.cuda.synchronize()
+            times[n].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def paired_speedup(eager: list[float], other: list[float]) -> float:
+    return median([e / o for e, o in zip(eager, other, strict=True)])
+
+
+def measure_all(built: dict[str, dict[str, Any]], device: torch.device,
+                args: argparse.Namespace) -> list[dict[str, Any]]:
     sync = device.type == "cuda"
-    x, t = warmup_inputs(loaded.kind, args.tile, 1)
-    row: dict[str, Any] = {"engine": case, "build_s": build_s,
-                           "describe": engine.describe()}
-    row["pass_ms"] = 1e3 * median_seconds(lambda: engine.run(x, t), args.repeat, sync)
-    row["tile_ms"] = 1e3 * median_seconds(
-        lambda: restore_tile(engine, loaded, args.tile, args.steps), args.repeat, sync)
-    row["tiles_per_s"] = {}
+    some = next(iter(built.values()))["loaded"]
+    x, t = warmup_inputs(some.kind, args.tile, 1)
+    passes = interleaved({c: (lambda b=b: b["engine"].run(x, t)) for c, b in built.items()},
+                         args.repeat, sync)
+    tiles = interleaved({c: (lambda b=b: restore_tile(b["engine"], b["loaded"], args.tile,
+                                                      args.steps)) for c, b in built.items()},
+                        args.repeat, sync)
+    rows = []
+    for case, b in built.items():
+        row: dict[str, Any] = {"engine": case, "build_s": b["build_s"],
+                               "describe": b["engine"].describe(),
+                               "pass_ms": 1e3 * median(passes[case]),
+                               "tile_ms": 1e3 * median(tiles[case]), "tiles_per_s": {}}
+        if "eager" in built:
+            row["speedup_pass"] = paired_speedup(passes["eager"], passes[case])
+            row["speedup_tile"] = paired_speedup(tiles["eager"], tiles[case])
+        rows.append(row)
     for batch in args.batches if args.throughput else ():
-        xb, tb = warmup_inputs(loaded.kind, args.tile, batch)
-        seconds = median_seconds(lambda xb=xb, tb=tb: engine.run(xb, tb), args.repeat, sync)
-        row["tiles_per_s"][batch] = batch / seconds
-    return row
+        xb, tb = warmup_inputs(some.kind, args.tile, batch)
+        runs = interleaved({c: (lambda b=b, xb=xb, tb=tb: b["engine"].run(xb, tb))
+                            for c, b in built.items()}, args.repeat, sync)
+        for row in rows:
+            row["tiles_per_s"][batch] = batch / median(runs[row["engine"]])
+    return rows
 
 
 def table(rows: list[dict[str, Any]], batches: list[int], throughput: bool) -> str:
-    eager = next((r for r in rows if r["engine"] == "eager" and "pass_ms" in r), None)
     head = "| engine | pass (ms) | tile (ms) | speed-up pass / tile | build+warm (s) |"
     rule = "|---|---:|---:|---:|---:|"
     if throughput:
@@ -130,8 +165,8 @@ def table(rows: list[dict[str, Any]], batches: list[int], throughput: bool) -> s
         if "skipped" in r:
             lines.append(f"| {r['engine']} | skipped: {r['skipped']} |")
             continue
-        speed = (f"{eager['pass_ms'] / r['pass_ms']:.2f}× / {eager['tile_ms'] / r['tile_ms']:.2f}×"
-                 if eager else "–")
+        speed = (f"{r['speedup_pass']:.2f}× / {r['speedup_tile']:.2f}×"
+                 if "speedup_pass" in r else "–")
         line = (f"| {r['engine']} | {r['pass_ms']:.1f} | {r['tile_ms']:.1f} | {speed} | "
                 f"{r['build_s']:.1f} |")
         if throughput:
@@ -177,17 +212,19 @@ def main() -> None:
 
     warm_scan(device)
     scan = active_backend(device)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or random_checkpoint(Path(tmp), args.dim, args.blocks,
                                                           args.d_state)
+        built, skipped = {}, []
         for case in cases:
             print(f"{case} ...", file=sys.stderr, flush=True)
             try:
-                rows.append(measure(case, checkpoint, device, args, Path(tmp) / "cache"))
+                built[case] = build(case, checkpoint, device, args, Path(tmp) / "cache")
             except Exception as exc:  # an engine this machine lacks: report, go on
-                rows.append({"engine": case, "skipped": f"{type(exc).__name__}: {exc}"})
-            print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)  # partial runs
+                skipped.append({"engine": case, "skipped": f"{type(exc).__name__}: {exc}"})
+                print(json.dumps(skipped[-1], default=str), file=sys.stderr, flush=True)
+        rows = measure_all(built, device, args) if built else []
+        rows += skipped
     model = str(args.checkpoint) if args.checkpoint else (
         f"random dim {args.dim}, blocks {args.blocks}, d_state {args.d_state}")
     print(f"{model}; tile {args.tile}, {args.steps} steps, device {device}, scan {scan}, "
