@@ -325,13 +325,16 @@ def test_tensorrt_engine_matches_torch(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_compile_engine_matches_eager() -> None:
+    """Static shapes at batch 1, 2, 4: a batch of 3 is padded to 4 and the pad rows dropped."""
     loaded = load_checkpoint(FIXTURE)
-    eager_out = TorchEngine(loaded.model, loaded.kind, torch.device("cpu")).run(
-        *warmup_inputs(loaded.kind, TILE, 2))
+    x, t = warmup_inputs(loaded.kind, TILE, 3)
+    eager_out = TorchEngine(loaded.model, loaded.kind, torch.device("cpu")).run(x, t)
     engine = build_engine(loaded, torch.device("cpu"),
                           EngineOptions(engine="compile", tile=TILE, max_batch=4), FIXTURE)
     engine.warm_up()
-    got = engine.run(*warmup_inputs(loaded.kind, TILE, 2))
+    assert engine.describe()["compiled_batch_sizes"] == [1, 2, 4]
+    got = engine.run(x, t)
+    assert got.shape == eager_out.shape
     assert float((got - eager_out).abs().max()) < 1e-4
 
 

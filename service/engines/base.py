@@ -26,6 +26,23 @@ SINGLE_PASS = "single_pass"
 WARMUP_T = 500.0
 
 
+def padded_batch_sizes(max_batch: int) -> list[int]:
+    """1, 2, 4, … below max_batch, then max_batch: the batch sizes a static-shape engine builds
+    for, each batch padded up to the next one (at most 2× padding, few builds)."""
+    sizes, size = [], 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch]
+
+
+def pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """x with zero rows appended up to `size` rows (their outputs are dropped)."""
+    if x.shape[0] >= size:
+        return x
+    return torch.cat([x, x.new_zeros(size - x.shape[0], *x.shape[1:])])
+
+
 class EngineError(RuntimeError):
     """An engine could not be built, loaded or run (the message says which and why)."""
 

@@ -23,21 +23,13 @@ from typing import Any
 import torch
 
 from service.engines.base import StaticEngine, logger
+from service.engines.base import padded_batch_sizes as capture_sizes
 from service.engines.eager import TorchEngine
 from service.engines.warmup import warmup_inputs
 
 REPLAY_TOLERANCE = 1e-3
 """Max |replay − eager| relative to eager's max |value| on the warm-up tile (same kernels, so
 any real difference means a capture problem, not rounding)."""
-
-
-def capture_sizes(max_batch: int) -> list[int]:
-    """1, 2, 4, … below max_batch, then max_batch: at most 2× padding, few graphs."""
-    sizes, size = [], 1
-    while size < max_batch:
-        sizes.append(size)
-        size *= 2
-    return [*sizes, max_batch]
 
 
 @dataclass
