@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,22 +20,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engines import interleaved  # bench/engines.py: the same round-by-round timing
+
 from service.nn import DiffMamba, DiffMambaConfig, ffn
 from service.nn.resample import use_channels_last
 from service.scan import warmup
 
 OFF = 1 << 60  # STRIP_BYTES that no image reaches: the whole-image form
-
-
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - start)
-    return times
 
 
 def with_strip_bytes(value: int, fn: Callable[[], object]) -> Callable[[], object]:
@@ -66,7 +56,7 @@ def main() -> None:
             diff = float((block.forward_strips(x, rows) - want).abs().max())
             print(f"block, {rows}-row strips: max difference {diff:.1e}")
             fns[f"{rows} rows"] = lambda rows=rows: block.forward_strips(x, rows)
-        times = interleaved(fns, args.rounds)
+        times = interleaved(fns, args.rounds, sync=False)
     print("| block (1, 32, 256, 256) | ms (median) |\n|---|---:|")
     for k, v in times.items():
         print(f"| {k} | {1e3 * statistics.median(v):.1f} |")
@@ -81,7 +71,7 @@ def main() -> None:
             outs = [with_strip_bytes(v, lambda xs=xs, t=t: net(xs, t))() for v in (OFF, default)]
             runs = interleaved({"whole": with_strip_bytes(OFF, lambda xs=xs, t=t: net(xs, t)),
                                 "strips": with_strip_bytes(default, lambda xs=xs, t=t: net(xs, t))},
-                               max(3, args.rounds if size == 256 else args.rounds // 2))
+                               max(3, args.rounds if size == 256 else args.rounds // 2), sync=False)
         speedup = statistics.median(
             [w / s for w, s in zip(runs["whole"], runs["strips"], strict=True)])
         print(f"| {size}² | {1e3 * statistics.median(runs['whole']):.1f} | "
