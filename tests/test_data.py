@@ -34,7 +34,7 @@ from service.data.degrade import (
     sample_noise_params,
     sample_rain_params,
 )
-from service.data.degrade.rain import streak_layer
+from service.data.degrade.rain import REGIMES, streak_layer
 from service.data.evaluation import EVALUATION_NAMES
 from service.data.pool import (
     ALLOW_LIST,
@@ -183,12 +183,32 @@ def test_haze_raises_dark_channel_and_params_in_range() -> None:
         lengths = [layer.length for layer in p.layers]
         assert lengths == sorted(lengths, reverse=True)
         for layer in p.layers:
-            assert -30 <= layer.angle <= 30 and 10 <= layer.length <= 40
-            assert 1 <= layer.width <= 3 and 0.35 <= layer.brightness <= 0.9
+            assert -30 <= layer.angle <= 30 and 8 <= layer.length <= 40
+            assert 0.6 <= layer.width <= 3 and 0.15 <= layer.brightness <= 0.9
             assert 0 < layer.density * layer.length * layer.width <= 0.25
     for p in hazy:
         rainy, _ = add_rain(clean, np.random.default_rng(1), p)
         assert _dark_channel(rainy) > _dark_channel(clean)
+
+
+def test_rain_regimes_span_light_to_heavy() -> None:
+    """Light rain must leave far more of the photo intact than heavy rain (PSNR vs clean)."""
+    clean = _image(96, 96)
+
+    def mean_psnr(regime: str) -> float:
+        rng = np.random.default_rng(3)
+        values = []
+        for _ in range(12):
+            rainy, params = add_rain(clean, rng, sample_rain_params(rng, regime))
+            assert all(REGIMES[regime].width[0] <= layer.width <= REGIMES[regime].width[1]
+                       for layer in params.layers)
+            values.append(10 * np.log10(1 / np.mean((rainy - clean) ** 2)))
+        return float(np.mean(values))
+
+    light, heavy = mean_psnr("light"), mean_psnr("heavy")
+    assert light > heavy + 5
+    with pytest.raises(ValueError, match="unknown rain regime"):
+        sample_rain_params(np.random.default_rng(0), "drizzle")
 
 
 # --- datasets -------------------------------------------------------------------------------

@@ -54,12 +54,22 @@ RELEASE_SCHEDULES = {  # model -> (patch schedule, batch schedule) when none is 
 }
 PER_STAGE = ("max_iters", "lr", "min_lr", "warmup")
 PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_decay",
-         "ema_decay", "grad_clip", "steps", "alpha", "seed", "epoch_size", "val_count",
-         "val_patch", "val_seed", "init", "init_weights")
+         "ema_decay", "grad_clip", "steps", "alpha", "seed", "epoch_size", "clean_share",
+         "val_count", "val_patch", "val_seed", "init", "init_weights")
 MODELS = ("diffmamba", "vmambair")
 
 
 
+
+
+def _share(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 <= share < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return share
 
 
 def _blocks(value: str) -> list[int]:
@@ -99,6 +109,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--val-pairs", help="held-out real pairs, same layout")
     d.add_argument("--epoch-size", type=positive_int,
                    help="synthetic samples per epoch (default 10000)")
+    d.add_argument("--clean-share", type=_share,
+                   help="fraction of synthetic pairs left clean, input = target (default 0.1)")
     d.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no random flips/rotations")
     d.add_argument("--no-rotate", dest="rotate", action="store_false", default=None,

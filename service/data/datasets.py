@@ -158,6 +158,11 @@ class SyntheticPairDataset(_Seeded):
     applies a random flip/rotation to the *clean* crop (so rain still falls downwards),
     degrades it (``evaluation=True``: the fixed evaluation parameters) and cuts the context
     off again. Everything is drawn from ``rng([seed, epoch, i])``.
+
+    ``clean_share`` of the items are identity pairs (the clean crop as its own input): a
+    network that only ever sees degraded inputs learns to alter everything it is given, and a
+    user who sends an already clean photo -- or one whose degradation is far lighter than the
+    training generator's -- gets it back worse.
     """
 
     def __init__(
@@ -171,8 +176,11 @@ class SyntheticPairDataset(_Seeded):
         augment: bool = True,
         evaluation: bool = False,
         cycle_images: bool = False,
+        clean_share: float = 0.0,
     ) -> None:
         super().__init__(patch_size, seed)
+        if not 0.0 <= clean_share < 1.0:
+            raise ValueError(f"clean_share must be in [0, 1), got {clean_share}")
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         if length < 1:
@@ -191,6 +199,7 @@ class SyntheticPairDataset(_Seeded):
         self.augment = augment
         self.evaluation = evaluation
         self.cycle_images = cycle_images
+        self.clean_share = float(clean_share)
 
     def __len__(self) -> int:
         return self.length
@@ -211,7 +220,10 @@ class SyntheticPairDataset(_Seeded):
         if self.augment:
             crop = _dihedral(crop, int(rng.integers(0, 8)))
         clean = crop.astype(np.float32) / np.float32(255.0)
-        degraded = degrade(self.task, clean, rng, evaluation=self.evaluation)
+        if self.clean_share and rng.random() < self.clean_share:
+            degraded = clean
+        else:
+            degraded = degrade(self.task, clean, rng, evaluation=self.evaluation)
         return _to_tensor(degraded[c : c + p, c : c + p]), _to_tensor(clean[c : c + p, c : c + p])
 
 

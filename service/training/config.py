@@ -61,6 +61,7 @@ class TrainConfig:
     alpha: float = 0.84
     seed: int = 0
     epoch_size: int = 10_000
+    clean_share: float = 0.1  # identity pairs among the synthetic ones (see SyntheticPairDataset)
     augment: bool = True
     rotate: bool = True
     val_count: int = 4
@@ -95,6 +96,8 @@ class TrainConfig:
             problems.append(f"sampler steps must be in 1..{MAX_STEPS}, got {self.steps}")
         if not 0 <= self.alpha <= 1 or not 0 <= self.ema_decay <= 1:
             problems.append("alpha and EMA decay must be in [0, 1]")
+        if not 0 <= self.clean_share < 1:
+            problems.append(f"clean share must be in [0, 1), got {self.clean_share}")
         if self.epoch_size < 1 or self.val_count < 0 or self.val_patch < 1:
             problems.append("epoch size, validation count and patch must be positive")
         kind = architecture_kind(self.arch)

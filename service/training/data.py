@@ -120,7 +120,7 @@ def train_dataset(cfg: TrainConfig, stage: int) -> SyntheticPairDataset | Paired
     assert cfg.clean is not None and cfg.task is not None
     train_dir, _ = _split_dirs(Path(cfg.clean))
     return SyntheticPairDataset(train_dir, cfg.task, patch, cfg.epoch_size, seed,
-                                augment=cfg.augment)
+                                augment=cfg.augment, clean_share=cfg.clean_share)
 
 
 def validation_pairs(cfg: TrainConfig) -> list[Pair]:

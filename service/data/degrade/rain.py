@@ -15,10 +15,14 @@ Model (the Rain100/Rain13K family is made the same way: streak layers on a clean
    * ``angle``: -30..30 degrees from vertical, shared by the layers up to +-3 degrees of
      jitter. Positive angles lean right as they fall: the streak direction in image
      coordinates (x right, y down) is ``(sin a, cos a)``, i.e. a "\\" shape;
-   * ``length``: 10-40 px; ``width``: 1-3 px (sub-pixel, the kernel is anti-aliased);
+   * a **strength regime** (``REGIMES``), drawn first, sets the other ranges. Light rain --
+     thin, sparse, faint streaks that leave the photo at 25-30 dB -- is as likely as heavy
+     rain: a network trained on heavy rain alone learns to smooth every input, and makes a
+     lightly rainy photo worse than it was;
+   * ``length``: 8-40 px; ``width``: 0.6-3 px (sub-pixel, the kernel is anti-aliased);
    * ``density``: seeds per pixel, drawn so the expected covered fraction
-     ``density * length * width`` is 2-25 % (light to heavy rain);
-   * ``brightness``: peak streak intensity 0.35-0.9.
+     ``density * length * width`` is 0.3-25 % (light to heavy rain);
+   * ``brightness``: peak streak intensity 0.15-0.9.
 
    The seed field wraps around the image edges (FFT convolution), which behaves like drops
    entering from outside the frame.
@@ -38,15 +42,35 @@ from typing import Literal
 import numpy as np
 
 ANGLE_RANGE = (-30.0, 30.0)
-LENGTH_RANGE = (10.0, 40.0)
-WIDTH_RANGE = (1.0, 3.0)
-COVERAGE_RANGE = (0.02, 0.25)
-BRIGHTNESS_RANGE = (0.35, 0.9)
 HAZE_PROBABILITY = 0.3
 TRANSMISSION_RANGE = (0.65, 0.92)
 AIRLIGHT_RANGE = (0.7, 1.0)
 
 Composite = Literal["screen", "additive"]
+
+
+@dataclass(frozen=True)
+class RainRegime:
+    """The ranges one strength of rain draws from; ``max_layers`` caps the depth layers."""
+
+    length: tuple[float, float]
+    width: tuple[float, float]
+    coverage: tuple[float, float]
+    brightness: tuple[float, float]
+    max_layers: int
+
+
+REGIMES: dict[str, RainRegime] = {
+    "light": RainRegime((8.0, 30.0), (0.6, 1.5), (0.003, 0.03), (0.15, 0.5), 2),
+    "medium": RainRegime((10.0, 35.0), (1.0, 2.5), (0.02, 0.10), (0.3, 0.75), 3),
+    "heavy": RainRegime((10.0, 40.0), (1.0, 3.0), (0.08, 0.25), (0.35, 0.9), 3),
+}
+REGIME_WEIGHTS: dict[str, float] = {"light": 0.4, "medium": 0.3, "heavy": 0.3}
+# The union of the regimes' ranges: what any drawn layer satisfies.
+LENGTH_RANGE = (8.0, 40.0)
+WIDTH_RANGE = (0.6, 3.0)
+COVERAGE_RANGE = (0.003, 0.25)
+BRIGHTNESS_RANGE = (0.15, 0.9)
 
 
 @dataclass(frozen=True)
@@ -68,17 +92,24 @@ class RainParams:
     airlight: float = 1.0
 
 
-def sample_rain_params(rng: np.random.Generator) -> RainParams:
-    """Draw rain parameters from the documented training ranges."""
+def sample_rain_params(rng: np.random.Generator, regime: str | None = None) -> RainParams:
+    """Draw a strength regime (``REGIME_WEIGHTS``, unless given), then rain from its ranges."""
+    if regime is None:
+        names = list(REGIME_WEIGHTS)
+        weights = np.array([REGIME_WEIGHTS[n] for n in names])
+        regime = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    if regime not in REGIMES:
+        raise ValueError(f"unknown rain regime {regime!r}; expected one of {', '.join(REGIMES)}")
+    r = REGIMES[regime]
     base_angle = rng.uniform(*ANGLE_RANGE)
-    n_layers = int(rng.integers(1, 4))
+    n_layers = int(rng.integers(1, r.max_layers + 1))
     # Sorted so layer 0 is the nearest: longest, widest and brightest.
-    lengths = np.sort(rng.uniform(*LENGTH_RANGE, n_layers))[::-1]
-    widths = np.sort(rng.uniform(*WIDTH_RANGE, n_layers))[::-1]
-    brightness = np.sort(rng.uniform(*BRIGHTNESS_RANGE, n_layers))[::-1]
+    lengths = np.sort(rng.uniform(*r.length, n_layers))[::-1]
+    widths = np.sort(rng.uniform(*r.width, n_layers))[::-1]
+    brightness = np.sort(rng.uniform(*r.brightness, n_layers))[::-1]
     layers = []
     for i in range(n_layers):
-        coverage = rng.uniform(*COVERAGE_RANGE) / n_layers
+        coverage = rng.uniform(*r.coverage) / n_layers
         angle = float(np.clip(base_angle + rng.uniform(-3.0, 3.0), *ANGLE_RANGE))
         length, width = float(lengths[i]), float(widths[i])
         layers.append(
