@@ -22,6 +22,8 @@ SUBCOMMANDS = (
     serve_cmd, restore_cmd, inspect_cmd, convert_cmd, export_cmd, data_cmd, train_cmd,
     eval_cmd,
 )
+# Commands that run networks: their thread pools are sized before they start.
+THREADED_COMMANDS = ("serve", "restore", "eval", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose or args.command == "serve" else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "threads", None) is not None or args.command in THREADED_COMMANDS:
+        from service.threads import apply_threads
+
+        try:
+            apply_threads(getattr(args, "threads", None))
+        except ValueError as exc:
+            print(f"diffmamba: {exc}", file=sys.stderr)
+            return 2
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

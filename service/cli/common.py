@@ -7,8 +7,8 @@ import sys
 
 from service.runtime.device import resolve_device
 
-__all__ = ["fail", "int_in_range", "non_negative_int", "positive_float", "positive_int",
-           "resolve_device"]
+__all__ = ["add_threads_option", "fail", "int_in_range", "non_negative_int", "positive_float",
+           "positive_int", "resolve_device"]
 
 
 def fail(message: str, code: int = 2) -> int:
@@ -46,3 +46,11 @@ def positive_float(value: str) -> float:
 
 positive_int = int_in_range(1)
 non_negative_int = int_in_range(0)
+
+
+def add_threads_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--threads``, applied by ``main`` before the command runs (``service.threads``)."""
+    parser.add_argument(
+        "--threads", type=positive_int, default=None,
+        help="CPU threads for torch and the scan kernel (default: DIFFMAMBA_THREADS, else the "
+             "CPUs this process may use: affinity mask and cgroup quota)")

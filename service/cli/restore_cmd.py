@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from service.cli.common import fail, int_in_range, resolve_device
+from service.cli.common import add_threads_option, fail, int_in_range, resolve_device
 from service.diffusion import DEFAULT_STEPS, MAX_STEPS, DDIMSchedule
 from service.imaging import ImageError, from_tensor, read_image, to_tensor, write_image
 from service.models import CheckpointError, load_checkpoint
@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["png", "jpeg", "webp", "tiff"], default=None,
                    help="output format (default: the input's, PNG for others)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_threads_option(p)
     p.add_argument("--tile", type=int, default=256,
                    help="tile size for large images (multiple of 8); memory stays bounded")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap (multiple of 8)")

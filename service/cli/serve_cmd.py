@@ -13,7 +13,7 @@ import os
 
 from pydantic import ValidationError
 
-from service.cli.common import fail
+from service.cli.common import add_threads_option, fail
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # Read here rather than by Settings (they configure the server, not the service).
@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=os.environ.get("DIFFMAMBA_PORT", "8000"),
                    help="TCP port (DIFFMAMBA_PORT, default 8000)")
     p.add_argument("--models", default=None, help="models directory (DIFFMAMBA_MODELS_DIR)")
+    add_threads_option(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="DIFFMAMBA_DEVICE (default auto)")
     p.add_argument("--log-level", default=os.environ.get("DIFFMAMBA_LOG_LEVEL", "info").lower(),

@@ -23,13 +23,13 @@ always change. Exit status: 0 when done or stopped by --time-limit/--session-ite
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from service.cli.common import (
+    add_threads_option,
     fail,
     non_negative_int,
     positive_float,
@@ -170,8 +170,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="save and exit before this session runs longer")
     r.add_argument("--session-iters", type=positive_int, metavar="N",
                    help="save and exit after N iterations in this session")
-    r.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads (default: all cores; on a shared machine fewer can be faster)")
+    add_threads_option(r)
     r.add_argument("--workers", type=non_negative_int, default=0,
                    help="DataLoader worker processes (default 0)")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -283,24 +282,6 @@ def _fresh_config(args: argparse.Namespace) -> Any:
     return TrainConfig(model=model, **given)
 
 
-def _set_threads(threads: int | None) -> int:
-    import torch
-
-    n = threads or os.cpu_count() or 1
-    if "numba" not in sys.modules:
-        # numba's OpenMP pool starts NUMBA_NUM_THREADS workers however few a kernel then uses,
-        # and the idle ones spin: two 1-thread runs on 2 cores went from 1.75 to 0.2 it/s each.
-        os.environ.setdefault("NUMBA_NUM_THREADS", str(n))
-    torch.set_num_threads(n)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except (ImportError, ValueError):
-        pass
-    return n
-
-
 def run(args: argparse.Namespace) -> int:
     from service.models import CheckpointError
     from service.training.config import TrainConfig
@@ -323,7 +304,6 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, progress=args.progress, device=device,
         output=Path(args.output) if args.output else None,
     )
-    _set_threads(args.threads)
     try:
         if args.resume:
             if not has_state:
