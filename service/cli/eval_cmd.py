@@ -4,17 +4,26 @@
         --json denoise.json --markdown denoise.md
     diffmamba eval --task derain --pairs data/Rain100L --checkpoint derain.safetensors
     diffmamba eval --task deblur --baseline-only --size 256
+    diffmamba eval --task derain --grid --checkpoint models/derain.safetensors --size 256 \
+        --json grid.json --markdown grid.md
 
 Pairs come from ``--pairs DIR`` (``DIR/input`` + ``DIR/target``) or, by default, the seeded
 synthetic set (``--synthetic``: scikit-image's sample photos degraded with the evaluation
 parameters; see ``service.evaluation.pairs``). Metrics follow the papers' conventions (8-bit
 images, RGB and BT.601 Y); see ``service.evaluation.metrics``.
+
+``--grid`` scores the robustness grid instead (``service.evaluation.grid``): one row per
+degradation cell (noise levels and kinds, rain generators and strengths, blur kernels, and the
+clean photo itself), each the mean over the evaluation photos, then the task's targets
+(``service.evaluation.targets``) as met / not met. It goes through the same restorer and
+``evaluate`` as the plain run.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +62,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--pairs", metavar="DIR", help="real pairs in DIR/input and DIR/target")
     src.add_argument("--synthetic", action="store_true",
                      help="seeded synthetic pairs from scikit-image's sample photos (default)")
+    src.add_argument("--grid", action="store_true",
+                     help="the robustness grid: every degradation cell of the task on the "
+                          "sample photos, per-cell means and the task's targets")
     p.add_argument("--seed", type=int, default=0,
-                   help="degradation seed of the synthetic set (image i uses seed + i)")
+                   help="degradation seed of the synthetic set (image i uses seed + i; "
+                        "with --grid, image i of cell c uses [seed, c, i])")
     p.add_argument("--size", type=_positive, default=None,
                    help="centre-crop every pair to at most SIZE x SIZE (default: full size)")
     p.add_argument("--limit", type=_positive, default=None, help="evaluate the first N pairs")
@@ -83,6 +96,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
             return "--baseline-only and --no-baseline leave nothing to evaluate"
     elif not args.checkpoint:
         return "--checkpoint is required (or pass --baseline-only)"
+    if args.grid and args.seed < 0:
+        return f"--grid needs --seed >= 0, got {args.seed}"
     if args.pairs and not Path(args.pairs).is_dir():
         return f"--pairs {args.pairs} is not a folder"
     if not args.baseline_only:
@@ -139,6 +154,11 @@ def run(args: argparse.Namespace) -> int:
         return fail(problem)
     try:
         restorer, model_info = (None, None) if args.baseline_only else _load_model(args)
+    except (ValueError, OSError, ImportError) as exc:
+        return fail(str(exc))
+    if args.grid:
+        return _run_grid(args, restorer, model_info)
+    try:
         pairs, source = _load_pairs(args)
     except (ValueError, OSError, ImportError) as exc:
         return fail(str(exc))
@@ -173,3 +193,47 @@ def _describe(source: dict[str, Any]) -> str:
              else f"synthetic, seed {source['seed']}")
     size = f", centre {source['size']}px" if source.get("size") else ""
     return f"{where}, {len(source['names'])} images{size}"
+
+
+def _run_grid(args: argparse.Namespace, restorer: Any, model_info: dict[str, Any] | None) -> int:
+    """``--grid``: every cell through ``evaluate`` with the same restorer, then the targets."""
+    from service.data.evaluation import evaluation_images
+    from service.evaluation.grid_report import grid_text, write_grid_json, write_grid_markdown
+    from service.evaluation.grid_runner import run_grid
+
+    try:
+        images = evaluation_images()
+    except (ValueError, ImportError) as exc:
+        return fail(str(exc))
+    if restorer is not None:
+        restorer.warmup()
+
+    def progress(cell: Any, r: Any) -> None:
+        timing = f" ({r.model_seconds:.2f} s)" if r.model_seconds is not None else ""
+        print(f"{cell.name} / {r.name}: {r.height}x{r.width}{timing}", file=sys.stderr)
+
+    start = time.perf_counter()
+    try:
+        result = run_grid(args.task, restorer, seed=args.seed, size=args.size, limit=args.limit,
+                          baseline=args.baseline, crop_border=args.crop_border, images=images,
+                          on_image=progress)
+    except (ValueError, ImportError) as exc:
+        return fail(str(exc))
+    names = list(images)[: args.limit]
+    source = {"kind": "grid", "seed": args.seed, "size": args.size, "limit": args.limit,
+              "crop_border": args.crop_border, "names": names}
+    result.info.update(source=source, model=model_info,
+                       wall_seconds=round(time.perf_counter() - start, 1))
+    print(grid_text(result))
+    what = Path(args.checkpoint).name if args.checkpoint else "baseline only"
+    size = f", centre {args.size}px" if args.size else ""
+    title = (f"{args.task} robustness grid ({what}, seed {args.seed}, {len(names)} images"
+             f"{size})")
+    try:
+        if args.json:
+            write_grid_json(result, args.json)
+        if args.markdown:
+            write_grid_markdown(result, args.markdown, title=title)
+    except OSError as exc:
+        return fail(f"cannot write the report: {exc}")
+    return 0

@@ -46,16 +46,20 @@ def table_rows(result: EvalResult) -> list[list[str]]:
     return rows
 
 
-def text_table(result: EvalResult) -> str:
-    """Space-aligned columns, numbers right-aligned."""
-    rows = [list(HEADER), *table_rows(result)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+def aligned(rows: list[list[str]], left: int = 2) -> str:
+    """Space-aligned columns: the first ``left`` left-aligned (labels), the rest right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
-        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths,
-                                                                                     strict=True))]
+        cells = [c.ljust(w) if i < left else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def text_table(result: EvalResult) -> str:
+    """Space-aligned columns, numbers right-aligned."""
+    return aligned([list(HEADER), *table_rows(result)])
 
 
 def markdown_table(result: EvalResult) -> str:
