@@ -16,7 +16,7 @@ REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 CPU_MAX_BATCH, CUDA_MAX_BATCH = 2, 8
 
 EngineName = Literal["torch", "compile", "onnxruntime", "tensorrt"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class Settings(BaseSettings):
@@ -48,7 +48,12 @@ class Settings(BaseSettings):
     engine_cache_dir: Path | None = Field(
         None, description="exported engines when the models directory is read-only"
     )
-    precision: Precision = Field("fp32", description="CUDA autocast for the torch engines")
+    precision: Precision = Field(
+        "auto", description="network pass precision: auto (bf16 on a CPU with native bf16 when "
+        "it stays within 45 dB of fp32, else fp32), fp32, bf16 or fp16 (CUDA)")
+    task_precisions: dict[str, Precision] = Field(
+        default_factory=dict, description='per-task override, JSON: {"derain": "fp32"}'
+    )
     cuda_graphs: bool = Field(True, description="replay CUDA graphs for full tiles (torch, CUDA)")
 
     @field_validator("tile_size", "tile_overlap")

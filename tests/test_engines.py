@@ -278,8 +278,8 @@ def test_capture_sizes_cover_every_batch() -> None:
     assert capture_sizes(6) == [1, 2, 4, 6]
 
 
-def test_reduced_precision_on_cpu_runs_fp32(loaded, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
-    options = EngineOptions(engine="torch", precision="bf16", tile=TILE)
+def test_fp16_on_cpu_runs_fp32(loaded, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    options = EngineOptions(engine="torch", precision="fp16", tile=TILE)
     with caplog.at_level(logging.WARNING, logger="service.engines"):
         engine = build_engine(loaded, torch.device("cpu"), options, FIXTURE)
     assert isinstance(engine, TorchEngine) and engine.precision == "fp32"

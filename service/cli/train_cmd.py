@@ -171,6 +171,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--session-iters", type=positive_int, metavar="N",
                    help="save and exit after N iterations in this session")
     add_threads_option(r)
+    r.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: convolutions and matmuls in bf16 (CPU with amx_bf16/avx512_bf16, "
+                        "or CUDA), the selective scan and the loss in fp32 (default fp32)")
     r.add_argument("--workers", type=non_negative_int, default=0,
                    help="DataLoader worker processes (default 0)")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -283,6 +286,7 @@ def _fresh_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from service.engines.precision import resolve_precision
     from service.models import CheckpointError
     from service.training.config import TrainConfig
     from service.training.state import load_state, state_path
@@ -296,12 +300,16 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except ValueError as exc:
         return fail(str(exc))
+    precision, why = resolve_precision(args.precision, device)
+    if why is not None:
+        print(f"diffmamba: precision {args.precision}: {why}; training in fp32", file=sys.stderr)
     opts = RunOptions(
         workdir=workdir, save_every=args.save_every, val_every=args.val_every,
         val_batch=args.val_batch, log_every=args.log_every,
         time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
         session_iters=args.session_iters,
         workers=args.workers, progress=args.progress, device=device,
+        precision=precision,
         output=Path(args.output) if args.output else None,
     )
     try:

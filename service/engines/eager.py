@@ -14,7 +14,7 @@ from torch import nn
 
 from service.engines.base import DIFFUSION, Engine
 from service.engines.mixers import keep_mixers_fp32
-from service.engines.precision import DTYPES
+from service.engines.precision import DTYPES, autocast
 from service.engines.warmup import warmup_inputs
 
 WARMUP_SIZE = 32
@@ -26,7 +26,8 @@ def forward(model: nn.Module, kind: str, x: torch.Tensor, t: torch.Tensor | None
 
 
 class TorchEngine(Engine):
-    """Eager torch. ``precision`` bf16/fp16 means CUDA autocast with the scan mixers in fp32."""
+    """Eager torch. ``precision`` bf16/fp16 means autocast (CUDA; bf16 also on the CPU) with the
+    scan mixers in fp32."""
 
     name = "torch"
 
@@ -35,16 +36,16 @@ class TorchEngine(Engine):
         super().__init__(kind)
         if precision not in DTYPES:
             raise ValueError(f"unknown precision {precision!r}")
-        if precision != "fp32" and device.type != "cuda":
-            raise ValueError(f"precision {precision} needs a CUDA device (got {device})")
+        if precision == "fp16" and device.type != "cuda":
+            raise ValueError(f"precision fp16 needs a CUDA device (got {device})")
+        if precision == "bf16" and device.type not in ("cuda", "cpu"):
+            raise ValueError(f"precision bf16 needs a CPU or CUDA device (got {device})")
         self.model, self.device, self.precision = model, device, precision
         if precision != "fp32":
             keep_mixers_fp32(model)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.precision])
+        return autocast(self.precision, self.device)
 
     def forward_device(self, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
         """The pass on device tensors (no copies): what CUDA graphs capture."""

@@ -21,7 +21,7 @@ from service.engines.eager import TorchEngine
 from service.engines.onnx_export import export_onnx, read_onnx_metadata, require_onnx
 from service.engines.options import EngineOptions
 from service.engines.ort_engine import OnnxRuntimeEngine, require_onnxruntime
-from service.engines.precision import decide_precision
+from service.engines.precision import decide_precision, resolve_precision
 from service.engines.warmup import warmup_inputs
 from service.models import LoadedModel
 
@@ -31,16 +31,14 @@ logger = logging.getLogger("service.engines")
 def checked_torch_engine(loaded: LoadedModel, device: torch.device, precision: str, tile: int,
                          label: str) -> TorchEngine:
     """The eager engine at ``precision`` if it stays within 45 dB of fp32 on the warm-up tile,
-    else at fp32 (logged either way). Reduced precision is a CUDA feature; elsewhere fp32."""
+    else at fp32 (logged either way). ``auto`` and hardware support: ``resolve_precision``."""
     fp32 = TorchEngine(loaded.model, loaded.kind, device)
+    requested = precision
+    precision, why = resolve_precision(requested, device)
+    if why is not None:  # asked for explicitly, the user should hear why it is not used
+        (logger.info if requested == "auto" else logger.warning)(
+            "%s: precision %s: %s; running fp32", label, requested, why)
     if precision == "fp32":
-        return fp32
-    if device.type != "cuda":
-        logger.warning("%s: precision %s applies on CUDA only; running fp32 on %s", label,
-                       precision, device)
-        return fp32
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        logger.warning("%s: this GPU has no bf16 support; running fp32", label)
         return fp32
     reduced = TorchEngine(loaded.model, loaded.kind, device, precision)
     x, t = warmup_inputs(loaded.kind, tile)
@@ -116,11 +114,15 @@ def tensorrt_engine(loaded: LoadedModel, device: torch.device, options: EngineOp
         return TensorRTEngine(plan, loaded.kind, options.tile, options.max_batch, fallback,
                               device)
 
-    engine = open_engine(plan_for(options.precision))
-    if options.precision != "fp32":
+    precision, why = resolve_precision(options.precision, device)
+    if why is not None:
+        logger.warning("%s: TensorRT precision %s: %s; building fp32", label, options.precision,
+                       why)
+    engine = open_engine(plan_for(precision))
+    if precision != "fp32":
         reference = TorchEngine(loaded.model, loaded.kind, device)
         x, t = warmup_inputs(loaded.kind, options.tile)
-        decision = decide_precision(options.precision, reference.run(x, t), engine.run(x, t))
+        decision = decide_precision(precision, reference.run(x, t), engine.run(x, t))
         (logger.warning if decision.fell_back else logger.info)("%s: TensorRT %s", label,
                                                                 decision.log_line())
         if decision.fell_back:
@@ -143,7 +145,7 @@ def build_engine(loaded: LoadedModel, device: torch.device, options: EngineOptio
             return eager
         if name == "compile":
             return CompiledEngine(eager, options.tile, options.max_batch)
-        if options.precision != "fp32" and name == "onnxruntime":
+        if options.precision not in ("fp32", "auto") and name == "onnxruntime":
             logger.warning("%s: the onnxruntime engine runs the fp32 graph (precision %s "
                            "applies to torch and tensorrt)", label, options.precision)
         if name == "onnxruntime":

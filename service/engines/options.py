@@ -1,9 +1,10 @@
 """Which engine a task runs with, and the sizes it is built for, from the service settings.
 
 Per-task choice: ``DIFFMAMBA_TASK_ENGINES`` (JSON, e.g. ``{"denoise": "onnxruntime"}``) over
-``DIFFMAMBA_ENGINE``. A setting, not the model card, because the engine is a property of the
-machine a deployment runs on (TensorRT needs a GPU), while a card travels with the checkpoint
-from machine to machine.
+``DIFFMAMBA_ENGINE``, and ``DIFFMAMBA_TASK_PRECISIONS`` over ``DIFFMAMBA_PRECISION``. A setting,
+not the model card, because the engine is a property of the machine a deployment runs on
+(TensorRT needs a GPU, bf16 needs a CPU or GPU that has it), while a card travels with the
+checkpoint from machine to machine.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ ENGINES = ("torch", "compile", "onnxruntime", "tensorrt")
 @dataclass(frozen=True)
 class EngineOptions:
     engine: str = "torch"
-    precision: str = "fp32"
+    precision: str = "auto"
     tile: int = 256
     max_batch: int = 8
     cache_dir: Path | None = None
@@ -44,7 +45,7 @@ class EngineOptions:
 
         return cls(
             engine=settings.task_engines.get(task, settings.engine),
-            precision=settings.precision,
+            precision=settings.task_precisions.get(task, settings.precision),
             tile=settings.tile_size,
             max_batch=max_batch_for(settings, device),
             cache_dir=settings.engine_cache_dir,

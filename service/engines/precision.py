@@ -9,14 +9,69 @@ signal's span" for both. Kept free of torch devices and engines so it is unit-te
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 MIN_PSNR_DB = 45.0
 PRECISIONS = ("fp32", "bf16", "fp16")
+SETTINGS = ("auto", *PRECISIONS)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic: AMX tiles and AVX-512 BF16. Without
+# them oneDNN emulates bf16 and it is slower than fp32.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """The autocast region a pass at ``precision`` runs in (nothing for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+@functools.cache
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bf16 natively (``CPU_BF16_FLAGS``)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return any(flag in flags for flag in CPU_BF16_FLAGS)
+    return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
+    """The precision to try on ``device`` and, when it differs from ``requested``, why.
+
+    ``auto`` is bf16 on a CPU with native bf16 and fp32 elsewhere (on CUDA, reduced precision is
+    asked for explicitly). A reduced precision the hardware lacks becomes fp32: emulated bf16
+    would be slower than the fp32 it replaces. fp16 is a CUDA feature.
+    """
+    if requested not in SETTINGS:
+        raise ValueError(f"precision must be one of {SETTINGS}, got {requested!r}")
+    if device.type == "cpu":
+        if requested == "auto":
+            return ("bf16", None) if cpu_has_bf16() else (
+                "fp32", "this CPU has no native bf16 (amx_bf16/avx512_bf16)")
+        if requested == "bf16" and not cpu_has_bf16():
+            return "fp32", "this CPU has no native bf16 (amx_bf16/avx512_bf16)"
+        if requested == "fp16":
+            return "fp32", "fp16 applies on CUDA only"
+        return requested, None
+    if device.type == "cuda":
+        if requested == "auto":
+            return "fp32", None
+        if requested == "bf16" and not torch.cuda.is_bf16_supported():
+            return "fp32", "this GPU has no bf16 support"
+        return requested, None
+    return "fp32", None if requested in ("auto", "fp32") else f"{requested} needs a CPU or CUDA"
 
 
 def psnr_db(reference: torch.Tensor, candidate: torch.Tensor,

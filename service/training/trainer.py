@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from service.diffusion import initial_noise, restore
+from service.engines.mixers import keep_mixers_fp32
+from service.engines.precision import autocast
 from service.models import load_checkpoint
 from service.models.registry import ARCHITECTURES
 from service.training.config import TrainConfig
@@ -60,6 +62,9 @@ class RunOptions:
     workers: int = 0
     progress: bool = True
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    # bf16: convolutions and matmuls under autocast, the scan mixers and the loss in fp32. It
+    # changes rounding, not the plan, so a run may switch between sessions.
+    precision: str = "fp32"
     output: Path | None = None
     handle_signals: bool = True
 
@@ -130,6 +135,9 @@ class Trainer:
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.ema = ModelEMA(self.model, cfg.ema_decay)
+        if opts.precision != "fp32":
+            # After the EMA copy: the wrapped forwards must stay on the trained model alone.
+            keep_mixers_fp32(self.model)
         self.stage = cfg.stages[0]
         self.step = 0
         self.done: list[int] = []
@@ -274,13 +282,15 @@ class Trainer:
         degraded, clean = self.data.next()
         degraded, clean = degraded.to(self.device), clean.to(self.device)
         self.model.train()
-        if self.cfg.single_pass:
-            loss = single_pass_loss(self.model, degraded, clean)
-        elif self.stage == 1:
-            loss = stage1_loss(self.model, degraded, clean, self.noise)
-        else:
-            loss = stage2_loss_fn(self.model, degraded, clean, self.noise, self.cfg.steps,
-                                  self.cfg.alpha)
+        with autocast(self.opts.precision, self.device):
+            if self.cfg.single_pass:
+                loss = single_pass_loss(self.model, degraded, clean)
+            elif self.stage == 1:
+                loss = stage1_loss(self.model, degraded, clean, self.noise)
+            else:
+                loss = stage2_loss_fn(self.model, degraded, clean, self.noise, self.cfg.steps,
+                                      self.cfg.alpha)
+        loss = loss.float()
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(
