@@ -14,18 +14,21 @@ round. On a shared machine whose speed drifts by ±15 % over minutes (this proje
 VM), timing one engine after the other let the drift pass for a speed-up; pairing by round
 cancels it.
 
-CPU cases: eager (numba scan), compile, onnxruntime. CUDA cases: eager, cuda_graphs, bf16 and
-fp16 (CUDA graphs under autocast, scan mixers in fp32), onnxruntime (TensorRT/CUDA provider) and
-tensorrt. Engines that cannot run here are listed as skipped with the reason.
+CPU cases: eager (numba scan), bf16 (autocast, scan mixers in fp32, as the service builds it: fp32
+when this CPU has no native bf16), compile, onnxruntime; ``bf16_forced`` runs bf16 without the
+hardware and 45 dB checks, to measure emulated bf16 on a CPU without amx_bf16/avx512_bf16. CUDA
+cases: eager, cuda_graphs, bf16 and fp16 (CUDA graphs under autocast, scan mixers in fp32),
+onnxruntime (TensorRT/CUDA provider) and tensorrt. Engines that cannot run here are listed as
+skipped with the reason. Each row also gives the precision the engine runs and its pass output's
+PSNR against eager fp32 (the service's 45 dB check).
 
     python bench/engines.py                               # small random config, 256 tile, CPU
     python bench/engines.py --engines eager onnxruntime --repeat 5 --threads 2
     python bench/engines.py --device cuda --batches 1 4 8 16 --json engines.json
     python bench/engines.py --checkpoint models/denoise.safetensors
 
-Timing on a shared machine: the numba scan's worker threads spin at barriers, so when other
-processes hold the cores the eager path slows down far more than the others; --threads 1
-makes every engine single-threaded and the comparison fairer under load.
+Timing on a shared machine: --threads 1 makes every engine single-threaded and the comparison
+fairer under load (see bench/contention.py for how a pass degrades when it shares the CPU).
 """
 
 from __future__ import annotations
@@ -43,12 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from service.engines import EngineOptions, build_engine
+from service.engines import EngineOptions, TorchEngine, build_engine, psnr_db
 from service.engines.base import Engine
 from service.engines.warmup import warmup_image, warmup_inputs
 from service.models import LoadedModel, load_checkpoint, write_safetensors
 
-CPU_ENGINES = ("eager", "compile", "onnxruntime")
+CPU_ENGINES = ("eager", "bf16", "compile", "onnxruntime")
 CUDA_ENGINES = ("eager", "cuda_graphs", "bf16", "fp16", "onnxruntime", "tensorrt")
 # bench case -> (service engine, precision, CUDA graphs)
 CASES: dict[str, tuple[str, str, bool]] = {
@@ -59,6 +62,7 @@ CASES: dict[str, tuple[str, str, bool]] = {
     "compile": ("compile", "fp32", False),
     "onnxruntime": ("onnxruntime", "fp32", False),
     "tensorrt": ("tensorrt", "fp32", False),
+    "bf16_forced": ("torch", "bf16", False),
 }
 
 
@@ -95,7 +99,10 @@ def build(case: str, checkpoint: Path, device: torch.device, args: argparse.Name
     options = EngineOptions(engine=name, precision=precision, tile=args.tile,
                             max_batch=max(args.batches), cache_dir=cache_dir, cuda_graphs=graphs)
     start = time.perf_counter()
-    engine = build_engine(loaded, device, options, checkpoint, label=case)
+    if case == "bf16_forced":
+        engine: Engine = TorchEngine(loaded.model, loaded.kind, device, "bf16")
+    else:
+        engine = build_engine(loaded, device, options, checkpoint, label=case)
     engine.warm_up()
     return {"engine": engine, "loaded": loaded, "build_s": time.perf_counter() - start}
 
@@ -135,10 +142,13 @@ def measure_all(built: dict[str, dict[str, Any]], device: torch.device,
     tiles = interleaved({c: (lambda b=b: restore_tile(b["engine"], b["loaded"], args.tile,
                                                       args.steps)) for c, b in built.items()},
                         args.repeat, sync)
+    reference = TorchEngine(some.model, some.kind, device).run(x, t)
     rows = []
     for case, b in built.items():
         row: dict[str, Any] = {"engine": case, "build_s": b["build_s"],
                                "describe": b["engine"].describe(),
+                               "precision": b["engine"].describe().get("precision", "fp32"),
+                               "psnr_vs_fp32": psnr_db(reference, b["engine"].run(x, t)),
                                "pass_ms": 1e3 * median(passes[case]),
                                "tile_ms": 1e3 * median(tiles[case]), "tiles_per_s": {}}
         if "eager" in built:
@@ -155,8 +165,9 @@ def measure_all(built: dict[str, dict[str, Any]], device: torch.device,
 
 
 def table(rows: list[dict[str, Any]], batches: list[int], throughput: bool) -> str:
-    head = "| engine | pass (ms) | tile (ms) | speed-up pass / tile | build+warm (s) |"
-    rule = "|---|---:|---:|---:|---:|"
+    head = ("| engine | precision | pass (ms) | tile (ms) | speed-up pass / tile | dB vs fp32 | "
+            "build+warm (s) |")
+    rule = "|---|---|---:|---:|---:|---:|---:|"
     if throughput:
         head += "".join(f" tiles/s b{b} |" for b in batches)
         rule += "---:|" * len(batches)
@@ -167,8 +178,8 @@ def table(rows: list[dict[str, Any]], batches: list[int], throughput: bool) -> s
             continue
         speed = (f"{r['speedup_pass']:.2f}× / {r['speedup_tile']:.2f}×"
                  if "speedup_pass" in r else "–")
-        line = (f"| {r['engine']} | {r['pass_ms']:.1f} | {r['tile_ms']:.1f} | {speed} | "
-                f"{r['build_s']:.1f} |")
+        line = (f"| {r['engine']} | {r['precision']} | {r['pass_ms']:.1f} | {r['tile_ms']:.1f} | "
+                f"{speed} | {r['psnr_vs_fp32']:.1f} | {r['build_s']:.1f} |")
         if throughput:
             line += "".join(f" {r['tiles_per_s'].get(b, float('nan')):.2f} |" for b in batches)
         lines.append(line)

@@ -34,7 +34,9 @@ def test_strips_equal_the_whole_image(shape: tuple[int, ...], rows: int,
         want = whole(block, x)
         got = block.forward_strips(x, rows)
     assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # The same arithmetic on fewer rows; oneDNN may still pick another kernel for another shape
+    # on another instruction set, so allow fp32 rounding of a 9·C-term sum, not bit equality.
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_strip_gradients_equal_the_whole_image() -> None:
@@ -62,7 +64,7 @@ def test_forward_takes_strips_on_cpu_only_when_the_image_is_taller(monkeypatch) 
     x = torch.randn(4, 4, 20, 16)
     assert strip_rows(4, 16, 16) == 3
     with torch.no_grad():
-        torch.testing.assert_close(block(x), whole(block, x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(block(x), whole(block, x), rtol=1e-5, atol=1e-5)
         block(torch.randn(4, 4, 3, 16))  # not taller than one strip: the whole-image form
     assert calls == [3]
 
