@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.cli.common import fail, int_in_range, resolve_device
+from service.cli.common import add_threads_option, fail, int_in_range, resolve_device
 
 
 def _positive(value: str) -> int:
@@ -82,6 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="images larger than this are restored tile by tile")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_threads_option(p)
     p.add_argument("--json", metavar="OUT", help="write per-image and mean metrics as JSON")
     p.add_argument("--markdown", metavar="OUT", help="write the table as markdown")
     p.set_defaults(run=run)
