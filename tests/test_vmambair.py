@@ -159,7 +159,11 @@ def test_any_size_and_batch_independence() -> None:
     together = _run(model, batch, "cpu")
     for i in range(3):
         alone = _run(model, batch[i : i + 1], "cpu")
-        assert (together[i : i + 1] - alone).abs().max().item() <= 1e-5
+        # oneDNN blocks a batch of 3 differently from a batch of 1 (per instruction set and
+        # thread count), reordering fp32 sums: rounding relative to the output's scale, not 0
+        # (measured 1.2e-5 at outputs up to 3 on an AVX2 CPU).
+        bound = 2e-5 * max(1.0, float(alone.abs().max()))
+        assert (together[i : i + 1] - alone).abs().max().item() <= bound
 
 
 # ---------------------------------------------------------------- loading and detection

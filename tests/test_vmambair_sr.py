@@ -151,7 +151,10 @@ def test_batch_samples_are_independent() -> None:
     together = _run(model, batch, "chunked")
     assert together.shape == (2, 3, 64, 32)
     for i in range(2):
-        assert _max_diff(together[i : i + 1], _run(model, batch[i : i + 1], "chunked")) <= 1e-5
+        alone = _run(model, batch[i : i + 1], "chunked")
+        # batch-dependent kernel blocking reorders fp32 sums: relative to the output's scale
+        bound = 2e-5 * max(1.0, float(alone.abs().max()))
+        assert _max_diff(together[i : i + 1], alone) <= bound
 
 
 # ---------------------------------------------------------------- loading
