@@ -81,7 +81,7 @@ def restore_tile(engine: Engine, loaded: LoadedModel, tile: int, steps: int) -> 
     from service.tiling import TiledRestoration
 
     image = warmup_image(tile)[None]
-    if loaded.kind != "diffusion":
+    if not loaded.kind.takes_timestep:
         engine.run(image, None)
         return
     session = TiledRestoration(image, steps=steps, seed=0, tile=tile, overlap=0)

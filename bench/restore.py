@@ -2,7 +2,7 @@
 
 The issue's speed budget for the defaults (a 512×512 image, 4 steps, ≤ 20 s on the 2-core
 development CPU) is about this whole path — tiles, sampler and blending — not one network pass,
-so this times `restore_tiled` (diffusion) / `run_single_pass` (single-pass models) end to end.
+so this times `service.restoration.restore_image` (every model kind's session) end to end.
 
     python bench/restore.py models/*.safetensors --size 512 --steps 4 --repeat 2
 """
@@ -21,36 +21,28 @@ def measure(checkpoint: Path, size: int, steps: int, repeat: int, tile: int,
     import torch
 
     from service.models import load_checkpoint
+    from service.restoration import TilingPolicy, restore_image
     from service.scan import warmup
-    from service.tiling import restore_tiled, run_single_pass
 
     loaded = load_checkpoint(checkpoint)
     warmup()
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 
-    def once() -> None:
-        with torch.inference_mode():
-            if loaded.kind == "diffusion":
-                restore_tiled(loaded.model, image, steps=steps, seed=0, tile=tile,
-                              overlap=overlap)
-            else:
-                run_single_pass(loaded.model, image, tile=None if size <= tile else tile,
-                                overlap=overlap)
+    policy = TilingPolicy(tile=tile, overlap=overlap, whole_max_pixels=tile * tile)
 
-    small = image[..., :64, :64]
-    with torch.inference_mode():  # compile kernels outside the timing
-        if loaded.kind == "diffusion":
-            restore_tiled(loaded.model, small, steps=1, seed=0, tile=tile, overlap=overlap)
-        else:
-            run_single_pass(loaded.model, small, tile=None, overlap=overlap)
+    def once() -> None:
+        restore_image(loaded.model, loaded.kind, image, policy, steps=steps, seed=0)
+
+    # compile kernels outside the timing
+    restore_image(loaded.model, loaded.kind, image[..., :64, :64], policy, steps=1, seed=0)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         once()
         times.append(time.perf_counter() - start)
-    return {"checkpoint": str(checkpoint), "arch": loaded.arch, "kind": loaded.kind,
+    return {"checkpoint": str(checkpoint), "arch": loaded.arch, "kind": loaded.kind.name,
             "parameters": loaded.num_params, "size": size,
-            "steps": steps if loaded.kind == "diffusion" else None,
+            "steps": steps if loaded.kind.takes_timestep else None,
             "seconds_min": min(times), "seconds": times, "threads": torch.get_num_threads()}
 
 

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Query, Request, Response
 
 from service.api.body import read_image_upload
 from service.api.errors import ApiError
-from service.api.pipeline import restore_diffusion, restore_single_pass
 from service.api.state import ServiceState
 from service.batching import (
     BatcherClosedError,
@@ -23,8 +22,16 @@ from service.batching import (
     QueueFullError,
     StepTiming,
 )
-from service.imaging import ImageError, decode_image, encode_image, from_tensor, to_tensor
-from service.tiling import fits_whole
+from service.imaging import (
+    ImageError,
+    decode_image,
+    encode_image,
+    from_tensor,
+    scaled_like,
+    to_tensor,
+)
+from service.restoration import TilingPolicy, open_session
+from service.runtime.batched import run_session_batched
 
 router = APIRouter()
 T = TypeVar("T")
@@ -124,36 +131,31 @@ async def _restore(request: Request, state: ServiceState, task_name: str, steps:
                    seed: int | None, fmt: str | None, tile: int | None, rid: str) -> Response:
     settings = state.settings
     model = state.tasks[task_name]
+    kind = model.kind
     t0 = time.perf_counter()
     body = await read_image_upload(request, settings.max_upload_bytes)
     try:
         image = await asyncio.to_thread(
-            decode_image, body, max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes
+            decode_image, body, max_pixels=settings.max_pixels,
+            max_bytes=settings.max_upload_bytes, output_scale=kind.scale,
         )
     except ImageError as exc:
         raise ApiError(exc.status, exc.error, exc.detail) from exc
     t_decoded = time.perf_counter()
 
-    diffusion = model.kind == "diffusion"
     seed = secrets.randbelow(2**31) if seed is None else seed
     steps = steps or model.default_steps
     tile_size = tile or settings.tile_size
-    overlap = min(settings.tile_overlap, tile_size - 8)
+    policy = TilingPolicy(tile=tile_size, overlap=min(settings.tile_overlap, tile_size - 8),
+                          whole_max_pixels=settings.whole_image_max_pixels,
+                          force_tiles=tile is not None)
     timing = StepTiming()
     deadline = time.monotonic() + settings.request_timeout_s
-    cond = to_tensor(image)
-    if diffusion:
-        work = restore_diffusion(model, cond, steps=steps, seed=seed, tile=tile_size,
-                                 overlap=overlap, deadline=deadline, timing=timing)
-    else:
-        # Whole images up to the pixel budget (the channel branch pools over the whole image),
-        # tiles above it or when the client asks for a tile size; steps and seed do not apply.
-        h, w = cond.shape[-2:]
-        whole = tile is None and fits_whole(h, w, settings.whole_image_max_pixels)
-        work = restore_single_pass(model, cond, tile=None if whole else tile_size,
-                                   overlap=overlap, deadline=deadline, timing=timing)
+    session = await asyncio.to_thread(open_session, kind, to_tensor(image), policy,
+                                      steps=steps, seed=seed)
+    work = run_session_batched(model, session, deadline=deadline, timing=timing)
     try:
-        restored, tiles = await _cancel_on_disconnect(request, work)
+        restored = await _cancel_on_disconnect(request, work)
     except QueueFullError as exc:
         retry = max(1, int(exc.retry_after_s + 0.999))
         raise ApiError(503, "queue_full", str(exc), {"Retry-After": str(retry)}) from exc
@@ -164,12 +166,13 @@ async def _restore(request: Request, state: ServiceState, task_name: str, steps:
         raise ApiError(503, "draining", str(exc), {"Retry-After": "1"}) from exc
     except BatchExecutionError as exc:
         raise ApiError(500, "inference_failed", str(exc)) from exc
+    tiles = session.num_tiles
     state.metrics.tiles_per_request.labels(task=task_name).observe(tiles)
     t_computed = time.perf_counter()
 
     try:
         data, media_type = await asyncio.to_thread(
-            encode_image, from_tensor(restored), image, fmt
+            encode_image, from_tensor(restored), scaled_like(image, kind.scale), fmt
         )
     except (ImageError, ValueError) as exc:
         raise ApiError(422, "encode_failed", str(exc)) from exc
@@ -182,6 +185,6 @@ async def _restore(request: Request, state: ServiceState, task_name: str, steps:
         f"encode;dur={(t_encoded - t_computed) * 1e3:.1f}",
     ])
     headers = {"X-Request-ID": rid, "Server-Timing": server_timing, "X-Tiles": str(tiles)}
-    if diffusion:
+    if kind.takes_timestep:
         headers.update({"X-Seed": str(seed), "X-Steps": str(steps)})
     return Response(content=data, media_type=media_type, headers=headers)

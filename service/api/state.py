@@ -7,16 +7,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from service.batching import DynamicBatcher
-from service.engines import EngineOptions
 from service.metrics import ServiceMetrics
-from service.runtime import TaskModel, discover_tasks, load_task
-from service.runtime.device import resolve_device
-from service.scan import warmup as warm_scan
-from service.settings import Settings, max_batch_for
+from service.runtime import TaskModel, load_tasks, start_batcher
+from service.settings import Settings
 
 logger = logging.getLogger("service.api")
-
 
 
 class MetricsObserver:
@@ -62,49 +57,23 @@ class ServiceState:
             return self.settings.drain_timeout_s
         return max(0.0, self.drain_deadline - time.monotonic())
 
-    def _load_models(self) -> list[TaskModel]:
-        device = resolve_device(self.settings.device)
-        entries = discover_tasks(self.settings.models_dir)
-        if not entries:
-            raise RuntimeError(f"no checkpoints found in {self.settings.models_dir}")
-        if self.settings.warmup:
-            warm_scan()
-        loaded = []
-        for entry in entries:
-            task = load_task(entry, device, self.settings.default_steps, self.settings.warmup,
-                             EngineOptions.for_task(self.settings, entry.task, device))
-            logger.info("task %s: %s (%s, %d params) on %s in %.1f s", task.name,
-                        entry.path.name, task.loaded.arch, task.loaded.num_params, device,
-                        task.load_seconds)
-            loaded.append(task)
-        return loaded
-
     async def load(self) -> None:
         """Runs in the background at start-up; /readyz turns 200 only when this finishes."""
         try:
-            tasks = await asyncio.to_thread(self._load_models)
+            tasks = await asyncio.to_thread(load_tasks, self.settings)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("model loading failed: %s", self.load_error)
             return
         s = self.settings
         for task in tasks:
-            task.batcher = DynamicBatcher(
-                task.run_batch,
-                max_batch_size=max_batch_for(s, task.device),
-                max_queue_delay_ms=s.max_queue_delay_ms,
-                max_queue_size=s.max_queue_size,
-                name=task.name,
-                observer=MetricsObserver(self.metrics, task.name),
-            )
-            task.batcher.start()
-            batcher = task.batcher
+            batcher = start_batcher(task, s, MetricsObserver(self.metrics, task.name))
             self.metrics.queue_depth.labels(task=task.name).set_function(
                 lambda b=batcher: b.queue_depth
             )
             self.metrics.model_load_seconds.labels(task=task.name).set(task.load_seconds)
             self.metrics.queue_capacity.labels(task=task.name).set(s.max_queue_size)
-            self.metrics.describe_model(task.name, task.loaded.arch, task.kind,
+            self.metrics.describe_model(task.name, task.loaded.arch, task.kind.name,
                                         task.loaded.sha256, task.loaded.config.to_dict())
             self.tasks[task.name] = task
         self.ready = True

@@ -55,7 +55,8 @@ __all__ = ["DynamicBatcher", "RunBatch"]
 logger = logging.getLogger(__name__)
 
 RunBatch = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``run_batch(x (B, C, H, W), t (B,) float32) -> (B, C_out, H, W)``; blocking, thread-safe
+"""``run_batch(x (B, C, H, W), t (B,) float32) -> (B, C_out, sH, sW)``, s the ``output_scale``
+(a ×4 network); blocking, thread-safe
 with respect to the event loop (it is only ever called from the batcher's executor)."""
 
 _Key = tuple[tuple[int, ...], torch.dtype, torch.device]
@@ -128,6 +129,7 @@ class DynamicBatcher:
         observer: BatcherObserver | None = None,
         batch_sizes: Sequence[int] | None = None,
         executor: Executor | None = None,
+        output_scale: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -145,7 +147,10 @@ class DynamicBatcher:
                 raise ValueError(
                     f"max_batch_size {max_batch_size} exceeds largest batch size {sizes[-1]}"
                 )
+        if output_scale < 1:
+            raise ValueError(f"output_scale must be >= 1, got {output_scale}")
         self._run_batch = run_batch
+        self._output_scale = int(output_scale)
         self._max_batch_size = int(max_batch_size)
         self._delay_s = float(max_queue_delay_ms) / 1000.0
         self._max_queue_size = int(max_queue_size)
@@ -546,16 +551,17 @@ class DynamicBatcher:
         t0 = time.perf_counter()
         y = self._run_batch(x, t)
         run_s = time.perf_counter() - t0
+        spatial = tuple(s * self._output_scale for s in x.shape[2:])
         if (
             not isinstance(y, torch.Tensor)
             or y.dim() != x.dim()
             or y.shape[0] != padded
-            or y.shape[2:] != x.shape[2:]
+            or tuple(y.shape[2:]) != spatial
         ):
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(
                 f"run_batch returned {got} for input {tuple(x.shape)}; "
-                f"expected ({padded}, C_out, {', '.join(map(str, x.shape[2:]))})"
+                f"expected ({padded}, C_out, {', '.join(map(str, spatial))})"
             )
         return list(y.unbind(0)[:n]), run_s
 

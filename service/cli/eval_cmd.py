@@ -17,17 +17,24 @@ degradation cell (noise levels and kinds, rain generators and strengths, blur ke
 clean photo itself), each the mean over the evaluation photos, then the task's targets
 (``service.evaluation.targets``) as met / not met. It goes through the same restorer and
 ``evaluate`` as the plain run.
+
+``--task sr`` scores a ×4 checkpoint on LR/HR pairs of the sample photos, once with bicubic
+downsampling and once with Real-ESRGAN's second-order degradation: the input row is the LR
+image upscaled bicubically, the baseline Lanczos ×4 (``service.evaluation.sr_pairs``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from service.cli.common import add_threads_option, fail, int_in_range, resolve_device
+
+SR_TASK = "sr"
 
 
 def _positive(value: str) -> int:
@@ -54,7 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Score the degraded input, the task's classical baseline and a checkpoint "
                     "(PSNR/SSIM on RGB and on the BT.601 Y channel, 8-bit images) and print "
                     "a per-image table with the means.")
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=(*TASKS, SR_TASK),
+                   help="sr: x4 super-resolution, scored on bicubic and on second-order "
+                        "degraded LR inputs against bicubic and Lanczos upscaling")
     p.add_argument("--checkpoint", help=".safetensors or BasicSR .pth (Diff-Mamba)")
     p.add_argument("--baseline-only", action="store_true",
                    help="no model: only the input and baseline rows (no --checkpoint)")
@@ -97,6 +106,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
             return "--baseline-only and --no-baseline leave nothing to evaluate"
     elif not args.checkpoint:
         return "--checkpoint is required (or pass --baseline-only)"
+    if args.task == SR_TASK and (args.grid or args.pairs):
+        return "--task sr evaluates synthetic LR/HR pairs only (no --grid, no --pairs)"
     if args.grid and args.seed < 0:
         return f"--grid needs --seed >= 0, got {args.seed}"
     if args.pairs and not Path(args.pairs).is_dir():
@@ -126,7 +137,7 @@ def _load_pairs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """(ModelRestorer, model info) or raises ValueError with a user-facing message."""
-    from service.evaluation.runner import ModelRestorer, SinglePassRestorer
+    from service.evaluation.runner import ModelRestorer
     from service.models import CheckpointError, load_checkpoint
 
     try:
@@ -134,12 +145,9 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         loaded = load_checkpoint(args.checkpoint, device=device)
     except (OSError, CheckpointError) as exc:
         raise ValueError(f"cannot load {args.checkpoint}: {exc}") from exc
-    restorer: ModelRestorer | SinglePassRestorer
-    if loaded.kind == "diffusion":
-        restorer = ModelRestorer(loaded.model, args.steps, args.sampler_seed, args.tile,
-                                 args.overlap, device)
-    else:  # steps and sampler seed do not apply
-        restorer = SinglePassRestorer(loaded.model, args.tile, args.overlap, device)
+    # One-pass kinds ignore steps and the sampler seed.
+    restorer = ModelRestorer(loaded.model, args.steps, args.sampler_seed, args.tile,
+                             args.overlap, device, kind=loaded.kind)
     info = {"checkpoint": str(args.checkpoint), "sha256": loaded.sha256, "arch": loaded.arch,
             "params": loaded.num_params, "steps": args.steps, "sampler_seed": args.sampler_seed,
             "tile": args.tile, "overlap": args.overlap, "device": str(device)}
@@ -159,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     if args.grid:
         return _run_grid(args, restorer, model_info)
+    if args.task == SR_TASK:
+        return _run_sr(args, restorer, model_info)
     try:
         pairs, source = _load_pairs(args)
     except (ValueError, OSError, ImportError) as exc:
@@ -184,6 +194,41 @@ def run(args: argparse.Namespace) -> int:
             write_json(result, args.json)
         if args.markdown:
             write_markdown(result, args.markdown, title=f"{args.task} ({_describe(source)})")
+    except OSError as exc:
+        return fail(f"cannot write the report: {exc}")
+    return 0
+
+
+def _run_sr(args: argparse.Namespace, restorer: Any, model_info: dict[str, Any] | None) -> int:
+    """``--task sr``: one table per LR generator (bicubic, second order), the same restorer."""
+    from service.evaluation.report import markdown_table, text_table
+    from service.evaluation.runner import evaluate
+    from service.evaluation.sr_pairs import SR_DEGRADATIONS, sr_pairs
+
+    if restorer is not None:
+        restorer.warmup()
+    results = {}
+    try:
+        for degradation in SR_DEGRADATIONS:
+            pairs = sr_pairs(degradation, seed=args.seed, size=args.size, limit=args.limit)
+            result = evaluate(SR_TASK, restorer, pairs, baseline=args.baseline,
+                              crop_border=args.crop_border)
+            result.info.update(source={"kind": "synthetic-sr", "degradation": degradation,
+                                       "seed": args.seed, "size": args.size,
+                                       "names": [p.name for p in pairs]}, model=model_info)
+            results[degradation] = result
+    except (ValueError, ImportError) as exc:
+        return fail(str(exc))
+    for degradation, result in results.items():
+        print(f"sr x4, {degradation} LR inputs")
+        print(text_table(result))
+    try:
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {k: r.to_dict() for k, r in results.items()}, indent=2))
+        if args.markdown:
+            Path(args.markdown).write_text("".join(
+                f"## sr x4, {k} LR inputs\n\n{markdown_table(r)}\n" for k, r in results.items()))
     except OSError as exc:
         return fail(f"cannot write the report: {exc}")
     return 0

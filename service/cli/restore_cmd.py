@@ -1,7 +1,8 @@
-"""``diffmamba restore IMAGE... --checkpoint PATH``: restore files from the command line.
+"""``diffmamba restore IMAGE... --checkpoint PATH | --task T``: restore files from the command line.
 
-Diffusion checkpoints run the tiled sampler; single-pass ones (VmambaIR) run whole images up to
-``--whole-max-pixels`` (their channel branch pools over the whole image) and tiles above it.
+Every model kind goes through the same session as the service (service.restoration): diffusion
+checkpoints sample over tiles, one-pass ones (VmambaIR, its ×4 SR nets) run whole images up to
+``--whole-max-pixels`` and tiles above it.
 """
 
 from __future__ import annotations
@@ -10,23 +11,33 @@ import argparse
 import random
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from service.cli.common import add_threads_option, fail, int_in_range, resolve_device
 from service.diffusion import DEFAULT_STEPS, MAX_STEPS, DDIMSchedule
 from service.engines.factory import checked_torch_engine
-from service.engines.precision import SETTINGS, autocast
-from service.imaging import ImageError, from_tensor, read_image, to_tensor, write_image
+from service.engines.precision import SETTINGS
+from service.imaging import (
+    ImageError,
+    from_tensor,
+    read_image,
+    scaled_like,
+    to_tensor,
+    write_image,
+)
 from service.models import CheckpointError, load_checkpoint
-from service.tiling import fits_whole, restore_tiled, run_single_pass
-from service.tiling.grid import validate_tiling
+from service.restoration import TilingPolicy, open_session, run_session
+from service.runtime.discovery import find_task_checkpoint
+from service.settings import Settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore image files with a checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, WebP, TIFF or BMP")
-    p.add_argument("--checkpoint", required=True, help=".safetensors or BasicSR .pth")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help=".safetensors or BasicSR .pth")
+    source.add_argument("--task", help="the shipped model for task T: T.safetensors (or .pth) in "
+                                       "the models directory (DIFFMAMBA_MODELS_DIR)")
     p.add_argument("--steps", type=int_in_range(1, MAX_STEPS), default=DEFAULT_STEPS,
                    help="sampling steps (1-50)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (random when absent)")
@@ -56,48 +67,47 @@ def _output_path(src: Path, out_dir: Path, fmt: str | None) -> Path:
     return out_dir / f"{src.stem}{suffix}"
 
 
+def _checkpoint(args: argparse.Namespace) -> Path:
+    if args.checkpoint is not None:
+        return Path(args.checkpoint)
+    return find_task_checkpoint(Settings().models_dir, args.task).path
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        validate_tiling(args.tile, args.overlap)
+        policy = TilingPolicy(tile=args.tile, overlap=args.overlap,
+                              whole_max_pixels=args.whole_max_pixels)
         device = resolve_device(args.device)
-        loaded = load_checkpoint(args.checkpoint, device=device)
-    except (ValueError, CheckpointError) as exc:
+        checkpoint = _checkpoint(args)
+        loaded = load_checkpoint(checkpoint, device=device)
+    except (ValueError, LookupError, FileNotFoundError, CheckpointError) as exc:
         return fail(str(exc))
+    kind = loaded.kind
     # The same precision decision as the service's engines (hardware, then 45 dB on a tile).
-    precision = checked_torch_engine(loaded, device, args.precision, min(args.tile, 64),
-                                     Path(args.checkpoint).name).precision
-    single_pass = loaded.kind != "diffusion"
+    engine = checked_torch_engine(loaded, device, args.precision, min(args.tile, 64),
+                                  checkpoint.name)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    passes = 1 if single_pass else len(DDIMSchedule().timestep_pairs(args.steps))
+    passes = len(DDIMSchedule().timestep_pairs(args.steps)) if kind.takes_timestep else 1
     failures = 0
     with tqdm(total=passes * len(args.images), unit="pass", desc="restoring") as bar:
         for name in args.images:
             src = Path(name)
             try:
-                image = read_image(src)
+                image = read_image(src, output_scale=kind.scale)
             except (ImageError, OSError) as exc:
                 tqdm.write(f"diffmamba: skipping {src}: {getattr(exc, 'detail', exc)}")
                 failures += 1
                 bar.update(passes)
                 continue
-            cond = to_tensor(image)
-            with torch.inference_mode(), autocast(precision, device):
-                if single_pass:
-                    whole = fits_whole(*cond.shape[-2:], args.whole_max_pixels)
-                    out = run_single_pass(loaded.model, cond, tile=None if whole else args.tile,
-                                          overlap=args.overlap, max_batch=max(1, args.max_batch),
-                                          device=device)
-                    bar.update(1)
-                else:
-                    out = restore_tiled(loaded.model, cond, steps=args.steps, seed=seed,
-                                        tile=args.tile, overlap=args.overlap,
-                                        max_batch=max(1, args.max_batch), device=device,
-                                        on_step=lambda *_: bar.update(1))
+            session = open_session(kind, to_tensor(image), policy, steps=args.steps, seed=seed)
+            out = run_session(session, engine.run, max(1, args.max_batch),
+                              on_round=lambda *_: bar.update(1))
             dest = _output_path(src, out_dir, args.format)
-            write_image(dest, from_tensor(out.cpu()), image, args.format)
-            tqdm.write(f"{src} -> {dest}")
-    prefix = "" if single_pass else f"seed {seed}; "
+            write_image(dest, from_tensor(out), scaled_like(image, kind.scale), args.format)
+            size = f" ({image.width}x{image.height} -> {out.shape[-1]}x{out.shape[-2]})"
+            tqdm.write(f"{src} -> {dest}{size if kind.scale > 1 else ''}")
+    prefix = f"seed {seed}; " if kind.takes_timestep else ""
     print(f"{prefix}{len(args.images) - failures} restored, {failures} failed")
     return 1 if failures else 0

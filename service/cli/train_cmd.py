@@ -8,6 +8,10 @@
 * ``train --model vmambair ...``: VmambaIR instead, one stage of L1 regression (``--stage``
   is 1 or left out; the sampler options do not apply). Without explicit schedules it uses the
   progressive patches of the Restormer deraining recipe the release builds on (see below).
+* ``train --model vmambair-sr --clean data/pool ...``: VmambaIR's ×4 real-world SR network
+  (MambaRealSR11), L1 on LR/HR crop pairs from the clean pool, the LR made by Real-ESRGAN's
+  second-order degradation (``--task sr``, implied). Patches are HR sizes, multiples of 4;
+  there is no in-training validation (score runs with ``diffmamba eval --task sr``).
 
 Per-stage options (``--max-iters``, ``--lr``, ``--min-lr``, ``--warmup``) take ``A`` or ``A,B``
 (stage 1, stage 2); one value applies to the stage being run (to both for --max-iters/--warmup).
@@ -56,7 +60,10 @@ PER_STAGE = ("max_iters", "lr", "min_lr", "warmup")
 PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_decay",
          "ema_decay", "grad_clip", "steps", "alpha", "seed", "epoch_size", "clean_share",
          "val_count", "val_patch", "val_seed", "init", "init_weights")
-MODELS = ("diffmamba", "vmambair")
+MODEL_ARCHS = {"diffmamba": "diffmamba", "vmambair": "vmambair", "vmambair-sr": "mambarealsr11"}
+"""``--model`` name -> registered architecture."""
+MODELS = tuple(MODEL_ARCHS)
+SR_TASK = "sr"
 
 
 
@@ -102,7 +109,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir")
 
     d = p.add_argument_group("data")
-    d.add_argument("--task", choices=TASKS, help="degradation to learn (synthetic data)")
+    d.add_argument("--task", choices=(*TASKS, SR_TASK),
+                   help="degradation to learn (synthetic data); sr with --model vmambair-sr")
     d.add_argument("--clean", help="clean photos: a pool (DIR/train, DIR/val) or a folder")
     d.add_argument("--val-clean", help="held-out clean photos (default: the pool's val/)")
     d.add_argument("--pairs", help="real pairs: DIR/input + DIR/target (Rain13K/SIDD/GoPro)")
@@ -239,7 +247,7 @@ def _given_options(args: argparse.Namespace, base: Any) -> dict[str, Any]:
     model_given = {MODEL_OPTIONS[k]: getattr(args, k) for k in MODEL_OPTIONS
                    if getattr(args, k) is not None}
     given["model"] = {**base.model, **model_given} if model_given else None
-    given["arch"] = args.model
+    given["arch"] = None if args.model is None else MODEL_ARCHS[args.model]
     return given
 
 
@@ -247,17 +255,26 @@ def _fresh_config(args: argparse.Namespace) -> Any:
     from service.models.registry import ARCHITECTURES
     from service.training.config import TrainConfig
 
-    arch = args.model or "diffmamba"
+    arch = MODEL_ARCHS[args.model or "diffmamba"]
+    scale = ARCHITECTURES[arch].kind.scale
+    if (scale > 1) != (args.task == SR_TASK) and not (scale > 1 and args.task is None):
+        raise ValueError(f"--task {args.task} does not fit --model {args.model or 'diffmamba'}"
+                         f" (--task sr goes with --model vmambair-sr)")
+    if scale > 1:
+        if args.pairs is not None:
+            raise ValueError("--model vmambair-sr trains on --clean photos (LR made on the fly)")
+        args.task = SR_TASK
     model_given = {MODEL_OPTIONS[k]: getattr(args, k) for k in MODEL_OPTIONS
                    if getattr(args, k) is not None}
     if args.init and model_given:
         raise ValueError("model size options cannot be combined with --init (the checkpoint "
                          "fixes the model)")
-    single_pass = ARCHITECTURES[arch].kind == "single_pass"
+    single_pass = not ARCHITECTURES[arch].kind.takes_timestep
     if not single_pass:
         for name in SINGLE_PASS_ONLY:
             if getattr(args, name) is not None:
-                raise ValueError(f"--{name.replace('_', '-')} applies to --model vmambair only")
+                raise ValueError(f"--{name.replace('_', '-')} applies to --model vmambair-sr"
+                                 " or vmambair only")
     elif args.stage not in (None, "1"):
         raise ValueError(f"--model {arch} trains in one stage (L1 regression): --stage "
                          f"{args.stage} does not apply")

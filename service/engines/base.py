@@ -15,16 +15,16 @@ from typing import Any
 
 import torch
 
+from service.models.kinds import WARMUP_T, ModelKind, model_kind
+
+__all__ = ["WARMUP_T", "Engine", "EngineError", "EngineUnavailable", "StaticEngine",
+           "input_channels", "pad_batch", "padded_batch_sizes"]
+
 logger = logging.getLogger("service.engines")
 
 ENGINE_VERSION = "1"
 """Bump when exported graphs change meaning (inputs, outputs, scan form): cached files whose
 metadata carry another version are rebuilt."""
-
-DIFFUSION = "diffusion"
-SINGLE_PASS = "single_pass"
-WARMUP_T = 500.0
-
 
 def padded_batch_sizes(max_batch: int) -> list[int]:
     """1, 2, 4, … below max_batch, then max_batch: the batch sizes a static-shape engine builds
@@ -52,22 +52,18 @@ class EngineUnavailable(EngineError):
 
 
 def input_channels(kind: str) -> int:
-    """Diffusion denoisers take cat(2·cond − 1, x_t); single-pass models the image alone."""
-    if kind == DIFFUSION:
-        return 6
-    if kind == SINGLE_PASS:
-        return 3
-    raise ValueError(f"unknown model kind {kind!r}")
+    """Channels of the network input the kind declares (an unknown name is an error)."""
+    return model_kind(kind).input_channels
 
 
 class Engine(ABC):
-    """``run(x (B, C, H, W) float32 CPU, t (B,) or None) -> (B, 3, H, W) float32 CPU``."""
+    """``run(x (B, C, H, W) float32 CPU, t (B,) or None) -> (B, 3, sH, sW) float32 CPU``,
+    s the kind's scale."""
 
     name: str = "engine"
 
     def __init__(self, kind: str) -> None:
-        input_channels(kind)  # validates
-        self.kind = kind
+        self.kind: ModelKind = model_kind(kind)
 
     @abstractmethod
     def run(self, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor: ...
@@ -80,10 +76,10 @@ class Engine(ABC):
         return {"name": self.name}
 
     def _check_t(self, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
-        if self.kind != DIFFUSION:
+        if not self.kind.takes_timestep:
             return None
         if t is None:
-            raise ValueError("a diffusion engine needs timesteps t")
+            raise ValueError(f"a {self.kind.name} engine needs timesteps t")
         return torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(x.shape[0])
 
 
@@ -102,7 +98,7 @@ class StaticEngine(Engine):
         if tile < 1 or max_batch < 1:
             raise ValueError(f"tile and max_batch must be positive, got {tile}, {max_batch}")
         self.tile, self.max_batch, self.fallback = tile, max_batch, fallback
-        self.input_shape = (input_channels(kind), tile, tile)
+        self.input_shape = (self.kind.input_channels, tile, tile)
         self._lock = threading.Lock()
         self._fallback_shapes: set[tuple[int, ...]] = set()
         self.stats = {"static_batches": 0, "fallback_batches": 0}
@@ -137,9 +133,7 @@ class StaticEngine(Engine):
                         self.input_shape, shape, self.fallback.name)
 
     def warm_inputs(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from service.engines.warmup import warmup_inputs
-
-        return warmup_inputs(self.kind, self.tile, batch)
+        return self.kind.warmup_inputs(self.tile, batch)
 
     def warm_up(self) -> None:
         self.fallback.warm_up()

@@ -12,17 +12,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.engines.base import DIFFUSION, Engine
+from service.engines.base import Engine
 from service.engines.mixers import keep_mixers_fp32
 from service.engines.precision import DTYPES, autocast
 from service.engines.warmup import warmup_inputs
+from service.models.kinds import model_kind
 
 WARMUP_SIZE = 32
 
 
 def forward(model: nn.Module, kind: str, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
     """One pass with the argument convention of the model's kind."""
-    return model(x, t) if kind == DIFFUSION else model(x)
+    return model_kind(kind).forward(model, x, t)
 
 
 class TorchEngine(Engine):

@@ -54,7 +54,7 @@ def _onnx_file(loaded: LoadedModel, options: EngineOptions, checkpoint: Path,
     cache = EngineCache(checkpoint, options.tile, options.max_batch, ".onnx",
                         configured_dir=options.cache_dir)
     meta = expected_metadata(loaded.sha256, options.tile, options.max_batch,
-                             {"kind": loaded.kind})
+                             {"kind": loaded.kind.name})
 
     def build(path: Path) -> Path:
         return export_onnx(loaded.model, loaded.kind, options.tile, path,
@@ -100,7 +100,7 @@ def tensorrt_engine(loaded: LoadedModel, device: torch.device, options: EngineOp
         cache = EngineCache(checkpoint, options.tile, options.max_batch, ".plan", precision,
                             options.cache_dir)
         meta = expected_metadata(loaded.sha256, options.tile, options.max_batch,
-                                 {"kind": loaded.kind, "precision": precision,
+                                 {"kind": loaded.kind.name, "precision": precision,
                                   **runtime_identity()})
 
         def build(path: Path) -> Path:

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.engines.base import DIFFUSION, ENGINE_VERSION, EngineError, EngineUnavailable
+from service.engines.base import ENGINE_VERSION, EngineError, EngineUnavailable
 from service.engines.eager import forward
 from service.engines.warmup import warmup_inputs
+from service.models.kinds import model_kind
 
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 14, 20  # the TorchScript exporter's tested range for these ops
@@ -30,7 +31,7 @@ OUTPUT_NAME = "out"
 
 
 def input_names(kind: str) -> list[str]:
-    return ["x", "t"] if kind == DIFFUSION else ["x"]
+    return ["x", "t"] if model_kind(kind).takes_timestep else ["x"]
 
 
 class _KindForward(nn.Module):
@@ -90,7 +91,8 @@ def export_onnx(
             )
         proto = onnx.load(str(tmp))
         props = {**{k: str(v) for k, v in metadata.items()}, "tile": str(tile),
-                 "opset": str(opset), "kind": kind, "engine_version": ENGINE_VERSION}
+                 "opset": str(opset), "kind": model_kind(kind).name,
+                 "engine_version": ENGINE_VERSION}
         for key, value in props.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

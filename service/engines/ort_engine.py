@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.engines.base import DIFFUSION, Engine, EngineUnavailable, StaticEngine, logger
+from service.engines.base import Engine, EngineUnavailable, StaticEngine, logger
 from service.engines.onnx_export import OUTPUT_NAME
+from service.models.kinds import model_kind
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -38,8 +39,9 @@ def choose_providers(available: list[str], tile: int, max_batch: int, kind: str,
         if name not in available:
             continue
         if name == "TensorrtExecutionProvider":
-            shapes = {b: f"x:{b}x{6 if kind == DIFFUSION else 3}x{tile}x{tile}"
-                      + (f",t:{b}" if kind == DIFFUSION else "") for b in (1, max_batch)}
+            spec = model_kind(kind)
+            shapes = {b: f"x:{b}x{spec.input_channels}x{tile}x{tile}"
+                      + (f",t:{b}" if spec.takes_timestep else "") for b in (1, max_batch)}
             options: dict[str, Any] = {
                 "trt_profile_min_shapes": shapes[1],
                 "trt_profile_opt_shapes": shapes[max_batch],

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from service.engines.base import DIFFUSION, EngineError, EngineUnavailable, input_channels
+from service.engines.base import EngineError, EngineUnavailable
+from service.models.kinds import model_kind
 
 WORKSPACE_BYTES = 4 << 30
 
@@ -78,10 +79,10 @@ def build_plan(onnx_path: Path, plan: Path, *, kind: str, tile: int, max_batch: 
             raise EngineUnavailable(f"TensorRT {trt.__version__} has no bf16 support")
         config.set_flag(trt.BuilderFlag.BF16)
     profile = builder.create_optimization_profile()
-    channels = input_channels(kind)
+    channels = model_kind(kind).input_channels
     profile.set_shape("x", (1, channels, tile, tile), (max_batch, channels, tile, tile),
                       (max_batch, channels, tile, tile))
-    if kind == DIFFUSION:
+    if model_kind(kind).takes_timestep:
         profile.set_shape("t", (1,), (max_batch,), (max_batch,))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)

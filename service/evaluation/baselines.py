@@ -20,6 +20,9 @@ scikit-image's six sample photos, seed 0, 256 x 256 centre crops), by mean RGB P
   -1.3 dB; this one -0.08 dB, input 22.05): sharpening cannot undo a motion kernel and
   amplifies the ghosting and noise. It is kept as the textbook classical reference, so the
   degraded input is the stronger floor for deblurring.
+* **sr** (×4): Lanczos upscaling (``service.evaluation.upscale``); the input row of an SR table
+  is the LR image upscaled bicubically, the papers' convention, so both classical resamplers
+  are in every table.
 
 Everything except NLM is plain numpy (reflect padding at the borders).
 """
@@ -199,7 +202,14 @@ BASELINES: dict[str, Baseline] = {
     "deblur": Baseline(
         f"unsharp sigma={UNSHARP_SIGMA:g} amount={UNSHARP_AMOUNT:g}", unsharp_deblur
     ),
+    "sr": Baseline("Lanczos x4", lambda lr: _lanczos_x4(lr)),
 }
+
+
+def _lanczos_x4(lr: np.ndarray) -> np.ndarray:
+    from service.evaluation.upscale import lanczos_up
+
+    return lanczos_up(lr, 4)
 
 
 def baseline_for(task: str) -> Baseline:

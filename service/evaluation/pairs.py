@@ -24,16 +24,20 @@ __all__ = ["Pair", "center_crop", "folder_pairs", "synthetic_pairs"]
 
 @dataclass(frozen=True, eq=False)
 class Pair:
-    """float32 (H, W, 3) images in [0, 1] of one shape."""
+    """float32 (H, W, 3) images in [0, 1]; the clean one ``scale`` times the degraded one's
+    height and width (1: one shape; 4: a super-resolution LR/HR pair)."""
 
     name: str
     degraded: np.ndarray
     clean: np.ndarray
+    scale: int = 1
 
     def __post_init__(self) -> None:
-        if self.degraded.shape != self.clean.shape:
+        h, w, *rest = self.degraded.shape
+        if (h * self.scale, w * self.scale, *rest) != self.clean.shape:
+            what = "differ" if self.scale == 1 else f"are not x{self.scale} apart"
             raise ValueError(
-                f"{self.name}: degraded {self.degraded.shape} and clean {self.clean.shape} differ"
+                f"{self.name}: degraded {self.degraded.shape} and clean {self.clean.shape} {what}"
             )
 
 

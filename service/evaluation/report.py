@@ -28,6 +28,8 @@ def _cells(m: Metrics) -> list[str]:
 def _label(result: EvalResult, kind: str) -> str:
     if kind == "baseline" and result.baseline_name:
         return f"baseline ({result.baseline_name})"
+    if kind == "input" and result.input_name:
+        return f"input ({result.input_name})"
     return kind
 
 

@@ -1,9 +1,9 @@
 """Score the degraded input, a classical baseline and a model on the same pairs.
 
 ``evaluate`` takes any ``restore_fn(degraded) -> restored`` on float32 (H, W, 3) in [0, 1], so
-tests (and other models) plug in without a checkpoint; ``ModelRestorer`` adapts a Diff-Mamba
-noise estimator: the whole-image sampler (``restore``) when the image fits in one tile, the
-tiled driver (``restore_tiled``) above, both with a fixed sampler seed so a run is repeatable.
+tests (and other models) plug in without a checkpoint; ``ModelRestorer`` adapts any served
+kind of network through the service's restoration session (service.restoration), with a fixed
+sampler seed so a run is repeatable.
 Only the model is timed (wall clock per image, including the host/device copies a caller
 would pay); a warm-up pass first keeps numba/CUDA start-up costs out of the first image's time.
 """
@@ -51,6 +51,8 @@ class EvalResult:
     images: list[ImageResult]
     baseline_name: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: How the input row was brought to the target's size (SR: "bicubic x4"), None: as is.
+    input_name: str | None = None
 
     def rows(self) -> tuple[str, ...]:
         """The rows present, in the order input, baseline, model."""
@@ -73,6 +75,7 @@ class EvalResult:
         return {
             "task": self.task,
             "baseline": self.baseline_name,
+            **({"input_upscaled": self.input_name} if self.input_name else {}),
             **self.info,
             "images": [
                 {"name": r.name, "height": r.height, "width": r.width,
@@ -113,96 +116,71 @@ def evaluate(
                 raise ValueError(f"{pair.name}: restored {np.shape(out)} != {pair.clean.shape}")
             model = compare(out, pair.clean, crop_border)
         h, w = pair.clean.shape[:2]
-        inp = compare(pair.degraded, pair.clean, crop_border)
+        inp = compare(_on_target_grid(pair), pair.clean, crop_border)
         result = ImageResult(pair.name, h, w, inp, base, model, seconds)
         results.append(result)
         if on_image is not None:
             on_image(result)
-    return EvalResult(task, results, chosen.name if chosen is not None else None)
+    scale = pairs[0].scale
+    return EvalResult(task, results, chosen.name if chosen is not None else None,
+                      input_name=f"bicubic x{scale}" if scale > 1 else None)
+
+
+def _on_target_grid(pair: Pair) -> np.ndarray:
+    """The degraded input as scored: bicubically upscaled where it is smaller (SR)."""
+    if pair.scale == 1:
+        return pair.degraded
+    from service.evaluation.upscale import bicubic_up
+
+    return bicubic_up(pair.degraded, pair.scale)
 
 
 class ModelRestorer:
-    """Diff-Mamba noise estimator -> ``Restorer`` (one tile: ``restore``; larger: tiled).
+    """Any served kind of network -> ``Restorer``, through the service's restoration session
+    (diffusion over tiles; one-pass kinds whole up to ``whole_max_pixels``, tiled above it).
 
-    ``sampler_seed`` fixes x_T, so repeated runs give identical outputs and metrics.
+    ``kind`` defaults to the network's (service.models.registry); ``sampler_seed`` fixes x_T,
+    so repeated runs give identical outputs and metrics.
     """
 
     def __init__(
         self,
         model: torch.nn.Module,
-        steps: int,
+        steps: int = 4,
         sampler_seed: int = 0,
         tile: int = 256,
         overlap: int = 32,
         device: torch.device | str = "cpu",
+        whole_max_pixels: int = 512 * 512,
+        kind: str | None = None,
     ) -> None:
-        from service.tiling.grid import validate_tiling
+        from service.models.kinds import model_kind
+        from service.models.registry import kind_of_model
+        from service.restoration import TilingPolicy
 
-        validate_tiling(tile, overlap)
+        self.policy = TilingPolicy(tile=tile, overlap=overlap, whole_max_pixels=whole_max_pixels)
         self.model = model
+        self.kind = kind_of_model(model) if kind is None else model_kind(kind)
         self.steps = int(steps)
         self.sampler_seed = int(sampler_seed)
-        self.tile = int(tile)
-        self.overlap = int(overlap)
         self.device = torch.device(device)
 
     def __call__(self, degraded: np.ndarray) -> np.ndarray:
-        from service.diffusion import restore
         from service.imaging import from_tensor
-        from service.tiling import restore_tiled
-
-        chw = np.ascontiguousarray(np.asarray(degraded, dtype=np.float32).transpose(2, 0, 1))
-        cond = torch.from_numpy(chw).unsqueeze(0)
-        h, w = cond.shape[-2:]
-        with torch.inference_mode():
-            if h <= self.tile and w <= self.tile:
-                out = restore(self.model, cond.to(self.device), steps=self.steps,
-                              seed=self.sampler_seed)
-            else:
-                out = restore_tiled(self.model, cond, steps=self.steps, seed=self.sampler_seed,
-                                    tile=self.tile, overlap=self.overlap, device=self.device)
-        return from_tensor(out.cpu())
-
-    def warmup(self) -> None:
-        """One untimed 1-step pass on a tiny image (JIT compilation, CUDA context, caches)."""
-        from service.diffusion import restore
-
-        cond = torch.full((1, 3, WARMUP_SIDE, WARMUP_SIDE), 0.5, device=self.device)
-        with torch.inference_mode():
-            restore(self.model, cond, steps=1, seed=0)
-
-
-class SinglePassRestorer:
-    """Single-pass network (VmambaIR) -> ``Restorer``: whole images up to ``whole_max_pixels``
-    (the service's default budget), blended tiles above it."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tile: int = 256,
-        overlap: int = 32,
-        device: torch.device | str = "cpu",
-        whole_max_pixels: int = 512 * 512,
-    ) -> None:
-        from service.tiling.grid import validate_tiling
-
-        validate_tiling(tile, overlap)
-        self.model, self.tile, self.overlap = model, int(tile), int(overlap)
-        self.device = torch.device(device)
-        self.whole_max_pixels = int(whole_max_pixels)
-
-    def __call__(self, degraded: np.ndarray) -> np.ndarray:
-        from service.imaging import from_tensor
-        from service.tiling import fits_whole, run_single_pass
+        from service.restoration import restore_image
 
         chw = np.ascontiguousarray(np.asarray(degraded, dtype=np.float32).transpose(2, 0, 1))
         image = torch.from_numpy(chw).unsqueeze(0)
-        whole = fits_whole(*image.shape[-2:], self.whole_max_pixels)
-        out = run_single_pass(self.model, image, tile=None if whole else self.tile,
-                              overlap=self.overlap, device=self.device)
+        out, _ = restore_image(self.model, self.kind, image, self.policy, steps=self.steps,
+                               seed=self.sampler_seed, device=self.device)
         return from_tensor(out)
 
     def warmup(self) -> None:
         """One untimed pass on a tiny image (JIT compilation, CUDA context, caches)."""
-        with torch.inference_mode():
-            self.model(torch.full((1, 3, WARMUP_SIDE, WARMUP_SIDE), 0.5, device=self.device))
+        from service.restoration import restore_image
+
+        image = torch.full((1, 3, WARMUP_SIDE, WARMUP_SIDE), 0.5)
+        restore_image(self.model, self.kind, image, self.policy, steps=1, seed=0,
+                      device=self.device)
+
+

@@ -19,6 +19,7 @@ from .formats import (
     normalize_format,
     suffix_for,
 )
+from .scale import scaled_like, upscale_alpha
 from .tensor import from_tensor, to_tensor
 
 __all__ = [
@@ -39,7 +40,9 @@ __all__ = [
     "normalize_format",
     "output_format_for",
     "read_image",
+    "scaled_like",
     "suffix_for",
     "to_tensor",
+    "upscale_alpha",
     "write_image",
 ]

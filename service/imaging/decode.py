@@ -120,12 +120,15 @@ def decode_image(
     *,
     max_pixels: int | None = None,
     max_bytes: int | None = None,
+    output_scale: int = 1,
 ) -> DecodedImage:
     """Decode PNG/JPEG/WebP/TIFF/BMP bytes into a :class:`DecodedImage`.
 
     ``max_bytes`` bounds the payload (``None``: no byte limit); ``max_pixels`` bounds
     width x height as declared by the header, checked before decoding (``None``: Pillow's
-    ``Image.MAX_IMAGE_PIXELS``, or unlimited if that is ``None``).
+    ``Image.MAX_IMAGE_PIXELS``, or unlimited if that is ``None``). A given ``max_pixels`` also
+    bounds the restored image of ``output_scale`` times the width and height (a ×4 model), so
+    an output too large to produce is refused before any pixel is decoded either.
 
     Raises :class:`InvalidImage` (400) for empty, garbage, truncated or corrupt data,
     :class:`UnsupportedImage` (415) for other image formats or colour modes and
@@ -141,6 +144,8 @@ def decode_image(
     if max_bytes is not None and size > max_bytes:
         raise ImageTooLarge(f"the image is {size:,} bytes, over the limit of {max_bytes:,} bytes")
     limit = _pixel_limit(max_pixels)
+    if output_scale < 1:
+        raise ValueError(f"output_scale must be positive, got {output_scale}")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         warnings.warn(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images "
@@ -152,6 +157,8 @@ def decode_image(
     image, fmt = _identify(bytes(data))
     with image:
         _check_dimensions(image.size, limit, fmt)
+        if max_pixels is not None:
+            _check_dimensions(image.size, max_pixels, fmt, output_scale)
         source_mode = image.mode
         gray_alpha = _is_png_gray_alpha(image, fmt)
         with _pillow_errors(f"the {fmt} image"):
@@ -228,7 +235,9 @@ def _sniff_other_format(prefix: bytes) -> str | None:
     return None
 
 
-def _check_dimensions(size: tuple[int, int], limit: int | None, fmt: str) -> None:
+def _check_dimensions(size: tuple[int, int], limit: int | None, fmt: str,
+                      output_scale: int = 1) -> None:
+    """The one pixel-limit check: the header's size and the output a ×s model would make."""
     width, height = size
     if width <= 0 or height <= 0:
         raise InvalidImage(f"the {fmt} header declares an empty image ({width}x{height})")
@@ -236,6 +245,12 @@ def _check_dimensions(size: tuple[int, int], limit: int | None, fmt: str) -> Non
     if limit is not None and pixels > limit:
         raise ImageTooLarge(
             f"the image is {width}x{height} = {pixels:,} pixels, over the limit of {limit:,} pixels"
+        )
+    out_w, out_h = width * output_scale, height * output_scale
+    if limit is not None and out_w * out_h > limit:
+        raise ImageTooLarge(
+            f"the ×{output_scale} output of this {width}x{height} image would be "
+            f"{out_w}x{out_h} = {out_w * out_h:,} pixels, over the limit of {limit:,} pixels"
         )
 
 

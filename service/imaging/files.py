@@ -19,8 +19,10 @@ def read_image(
     *,
     max_pixels: int | None = None,
     max_bytes: int | None = None,
+    output_scale: int = 1,
 ) -> DecodedImage:
-    """Decode an image file. ``max_bytes`` is checked on the file size before reading it.
+    """Decode an image file. ``max_bytes`` is checked on the file size before reading it;
+    ``max_pixels`` as in :func:`decode_image`, for the input and its ×``output_scale`` output.
 
     File-system errors (missing file, permissions) propagate as ``OSError``.
     """
@@ -29,7 +31,8 @@ def read_image(
         size = path.stat().st_size
         if size > max_bytes:
             raise ImageTooLarge(f"{path} is {size:,} bytes, over the limit of {max_bytes:,} bytes")
-    return decode_image(path.read_bytes(), max_pixels=max_pixels, max_bytes=max_bytes)
+    return decode_image(path.read_bytes(), max_pixels=max_pixels, max_bytes=max_bytes,
+                        output_scale=output_scale)
 
 
 def write_image(

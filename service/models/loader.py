@@ -13,6 +13,7 @@ from torch import nn
 
 from service.models.checkpoint import StateDict, read_checkpoint, unwrap_state_dict
 from service.models.errors import CheckpointError
+from service.models.kinds import ModelKind
 from service.models.registry import ARCHITECTURES, Architecture
 from service.nn.resample import use_channels_last
 
@@ -23,7 +24,7 @@ MAX_LISTED = 8
 class LoadedModel:
     model: nn.Module
     arch: str
-    kind: str
+    kind: ModelKind
     config: Any
     num_params: int
     sha256: str | None

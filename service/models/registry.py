@@ -1,7 +1,9 @@
 """Known architectures, detected from state-dict keys the way spandrel does it.
 
-Each entry declares what a caller needs to run the network without knowing it: its kind (how
-it is driven), its output scale and the multiple its input sides are padded to.
+Each entry declares what a caller needs to run the network without knowing it: its kind
+(service.models.kinds: how it is driven, its output scale, the multiple its input sides are
+padded to). Adding an architecture means a network in service/nn/ and one ``register`` call
+here; engines, sessions, the API, the CLI and evaluation read the kind.
 """
 
 from __future__ import annotations
@@ -21,39 +23,47 @@ from service.models.detect_vmambair_sr import (
     looks_like_mambarealsr11,
     looks_like_mambasisr6,
 )
+from service.models.kinds import (
+    DIFFUSION,
+    KINDS,
+    SINGLE_PASS,
+    SUPER_RESOLUTION,
+    ModelKind,
+    super_resolution,
+)
 from service.nn.diffmamba import DiffMamba, DiffMambaConfig
-from service.nn.resample import MULTIPLE
 from service.nn.vmambair import VmambaIR, VmambaIRConfig
 from service.nn.vmambair_sr import SR_SCALE, MambaRealSR11Config, MambaSISR6Config, VmambaSR
 
-DIFFUSION = "diffusion"
-SINGLE_PASS = "single_pass"
-SUPER_RESOLUTION = "super_resolution"
-KINDS = (DIFFUSION, SINGLE_PASS, SUPER_RESOLUTION)
+__all__ = ["ARCHITECTURES", "DIFFUSION", "KINDS", "SINGLE_PASS", "SUPER_RESOLUTION",
+           "Architecture", "kind_of_model", "register"]
 
 
 @dataclass(frozen=True)
 class Architecture:
     name: str
-    #: "diffusion" models are noise estimators run by the sampler; "single_pass" restore
-    #: directly at the input's size; "super_resolution" also run once, but their output is
-    #: ``scale`` times the input's height and width.
-    kind: str
+    #: How it is driven: a noise estimator run by the sampler, or one pass at ``kind.scale``
+    #: times the input's size.
+    kind: ModelKind
     matches: Callable[[dict[str, torch.Tensor]], bool]
     detect: Callable[[dict[str, torch.Tensor]], Any]
     config_from_dict: Callable[[dict[str, Any]], Any]
     build: Callable[[Any], nn.Module]
-    #: Output height (and width) / input height: 1 unless the kind is "super_resolution".
-    scale: int = 1
-    #: Input sides must be multiples of this (three 2× downsamplings); the releases reflect-pad
-    #: bottom/right up to it and crop the output back to ``scale`` × the input.
-    pad_multiple: int = MULTIPLE
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"{self.name}: kind must be one of {KINDS}, got {self.kind!r}")
-        if (self.kind == SUPER_RESOLUTION) != (self.scale > 1):
-            raise ValueError(f"{self.name}: a scale above 1 is what makes a super_resolution kind")
+        if not isinstance(self.kind, ModelKind):
+            raise TypeError(f"{self.name}: kind must be a ModelKind, got {self.kind!r}")
+
+    @property
+    def scale(self) -> int:
+        """Output height (and width) / input height."""
+        return self.kind.scale
+
+    @property
+    def pad_multiple(self) -> int:
+        """Input sides are reflect-padded bottom/right to a multiple of this and the output
+        cropped back to ``scale`` × the input, as the releases do."""
+        return self.kind.pad_multiple
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -71,8 +81,6 @@ register(
         detect=detect_diffmamba_config,
         config_from_dict=DiffMambaConfig.from_dict,
         build=DiffMamba,
-        scale=1,
-        pad_multiple=MULTIPLE,
     )
 )
 register(
@@ -83,31 +91,34 @@ register(
         detect=detect_vmambair_config,
         config_from_dict=VmambaIRConfig.from_dict,
         build=VmambaIR,
-        scale=1,
-        pad_multiple=MULTIPLE,
     )
 )
 register(
     Architecture(
         name="mambarealsr11",
-        kind=SUPER_RESOLUTION,
+        kind=super_resolution(SR_SCALE),
         matches=looks_like_mambarealsr11,
         detect=detect_mambarealsr11_config,
         config_from_dict=MambaRealSR11Config.from_dict,
         build=VmambaSR,
-        scale=SR_SCALE,
-        pad_multiple=MULTIPLE,
     )
 )
 register(
     Architecture(
         name="mambasisr6",
-        kind=SUPER_RESOLUTION,
+        kind=super_resolution(SR_SCALE),
         matches=looks_like_mambasisr6,
         detect=detect_mambasisr6_config,
         config_from_dict=MambaSISR6Config.from_dict,
         build=VmambaSR,
-        scale=SR_SCALE,
-        pad_multiple=MULTIPLE,
     )
 )
+
+
+def kind_of_model(model: object) -> ModelKind:
+    """The kind of a built network (by its class); a plain callable is a noise estimator, the
+    convention ``service.diffusion.restore`` has always had."""
+    for arch in ARCHITECTURES.values():
+        if isinstance(arch.build, type) and type(model) is arch.build:
+            return arch.kind
+    return DIFFUSION

@@ -47,3 +47,13 @@ def discover_tasks(models_dir: Path) -> list[TaskCheckpoint]:
                 continue
             found[task] = TaskCheckpoint(task, path, _read_card(models_dir / f"{task}.json"))
     return sorted(found.values(), key=lambda c: c.task)
+
+
+def find_task_checkpoint(models_dir: Path, task: str) -> TaskCheckpoint:
+    """The checkpoint serving ``task``; the error names the tasks the directory has."""
+    entries = discover_tasks(models_dir)
+    for entry in entries:
+        if entry.task == task:
+            return entry
+    available = ", ".join(e.task for e in entries) or "none"
+    raise LookupError(f"no model for task {task!r} in {models_dir} (available: {available})")

@@ -15,6 +15,7 @@ import torch
 from service.batching import DynamicBatcher
 from service.engines import Engine, EngineOptions, TorchEngine, build_engine
 from service.models import LoadedModel, load_checkpoint
+from service.models.kinds import ModelKind
 from service.runtime.discovery import TaskCheckpoint
 
 
@@ -34,7 +35,7 @@ class TaskModel:
             self.engine = TorchEngine(self.loaded.model, self.loaded.kind, self.device)
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> ModelKind:
         return self.loaded.kind
 
     def run_batch(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,7 @@ class TaskModel:
         Only the tiles of this batch ever reach the device, never a whole image.
         """
         assert self.engine is not None
-        return self.engine.run(x, t if self.kind == "diffusion" else None)
+        return self.engine.run(x, t if self.kind.takes_timestep else None)
 
     def warm_up(self) -> None:
         """Build-time work the engine defers (compilation, graph capture, first allocations)
@@ -56,12 +57,13 @@ class TaskModel:
         return {
             "task": self.name,
             "arch": self.loaded.arch,
-            "kind": self.kind,
+            "kind": self.kind.name,
             "config": config,
             "parameters": self.loaded.num_params,
             "sha256": self.loaded.sha256,
-            "default_steps": self.default_steps if self.kind == "diffusion" else None,
-            "steps_ignored": self.kind != "diffusion",
+            "scale": self.kind.scale,
+            "default_steps": self.default_steps if self.kind.takes_timestep else None,
+            "steps_ignored": not self.kind.takes_timestep,
             "device": str(self.device),
             "engine": self.engine.describe() if self.engine is not None else None,
             "card": self.card,

@@ -1,7 +1,7 @@
-"""Synchronous driver for ``TiledRestoration``: the CLI's and the benchmarks' loop.
+"""Synchronous tiled drivers kept for their callers: both are ``run_session`` over a session.
 
-The HTTP service drives the same session through its batcher instead; this loop simply chunks
-each step's tiles into batches of ``max_batch`` on one device.
+``restore_tiled`` samples a diffusion model over tiles, ``run_single_pass`` runs a one-pass
+model whole or in tiles; the session protocol and its driver live in service.restoration.
 """
 
 from __future__ import annotations
@@ -9,20 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from service.diffusion.sampler import DEFAULT_STEPS, NoiseEstimator
 from service.diffusion.schedule import DDIMSchedule
+from service.models.kinds import DIFFUSION, SINGLE_PASS, ModelKind
 from service.tiling.session import TiledRestoration
-
-
-def _model_placement(model: NoiseEstimator) -> tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of the model's first parameter (CPU/float32 otherwise)."""
-    if isinstance(model, nn.Module):
-        for p in model.parameters():
-            if p.is_floating_point():
-                return p.device, p.dtype
-    return torch.device("cpu"), torch.float32
+from service.tiling.single_pass import ScaledSinglePassRestoration, SinglePassRestoration
 
 
 def restore_tiled(
@@ -38,30 +30,27 @@ def restore_tiled(
     on_step: Callable[[int, int], None] | None = None,
     schedule: DDIMSchedule | None = None,
 ) -> torch.Tensor:
-    """Restore ``cond`` (1, 3, H, W) in [0, 1] tile by tile; returns (1, 3, H, W) on the CPU.
+    """Restore ``cond`` (1, 3, H, W) in [0, 1] tile by tile; returns (1, 3, H, W) on the CPU."""
+    from service.restoration import model_pass, run_session
 
-    Inference only: the whole-image state is blended on the CPU outside autograd, so the passes
-    always run under ``torch.inference_mode()`` (no activations kept for backward, which is
-    what keeps memory bounded). ``on_step(i, n)`` is called after each step over all tiles.
-    """
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     session = TiledRestoration(
         cond, steps=steps, seed=seed, x_T=x_T, tile=tile, overlap=overlap, schedule=schedule
     )
-    model_device, dtype = _model_placement(model)
-    device = torch.device(device) if device is not None else model_device
-    with torch.inference_mode():
-        while not session.done:
-            inputs, t, _ = session.step_inputs()
-            eps_tiles: list[torch.Tensor] = []
-            for start in range(0, len(inputs), max_batch):
-                batch = torch.stack(inputs[start : start + max_batch]).to(device, dtype)
-                t_vec = torch.full((batch.shape[0],), float(t), device=device)
-                eps_tiles.extend(model(batch, t_vec).float().cpu().unbind(0))
-            del inputs
-            session.advance(eps_tiles)
-            if on_step is not None:
-                on_step(session.step_index, session.num_steps)
-        result = session.result()
-    return result.clone()  # a normal tensor, usable outside inference mode
+    return run_session(session, model_pass(model, DIFFUSION, device), max_batch, on_step)
+
+
+def run_single_pass(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    tile: int | None = None,
+    overlap: int = 32,
+    max_batch: int = 8,
+    device: torch.device | str = "cpu",
+    kind: ModelKind = SINGLE_PASS,
+) -> torch.Tensor:
+    """(1, 3, H, W) -> restored (1, 3, sH, sW) on the CPU; ``tile=None``: the whole image."""
+    from service.restoration import model_pass, run_session
+
+    cls = ScaledSinglePassRestoration if kind.scale > 1 else SinglePassRestoration
+    session = cls(image, tile=tile, overlap=overlap, kind=kind)
+    return run_session(session, model_pass(model, kind, device), max_batch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.nn.diffmamba import MULTIPLE
+from service.nn.resample import MULTIPLE
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ def validate_tiling(tile: int, overlap: int) -> None:
         raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
 
 
-def tile_grid(height: int, width: int, tile: int = 256, overlap: int = 32) -> list[TileSpec]:
-    """Tiles covering a ``height`` x ``width`` image once padded to a multiple of 8.
+def tile_grid(height: int, width: int, tile: int = 256, overlap: int = 32,
+              multiple: int = MULTIPLE) -> list[TileSpec]:
+    """Tiles covering a ``height`` x ``width`` image once padded to ``multiple``.
 
     Tiles are ``tile`` x ``tile`` (or the padded image's size in a dimension smaller than a
     tile), neighbours overlap by at least ``overlap``, row-major order, no duplicates.
@@ -74,7 +75,7 @@ def tile_grid(height: int, width: int, tile: int = 256, overlap: int = 32) -> li
     validate_tiling(tile, overlap)
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
-    ph, pw = padded_size(height), padded_size(width)
+    ph, pw = padded_size(height, multiple), padded_size(width, multiple)
     th, tw = min(tile, ph), min(tile, pw)
     return [
         TileSpec(y0, x0, y0 + th, x0 + tw)

@@ -8,17 +8,20 @@ it, while run-time knobs (threads, time limit, save/validation cadence) may chan
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.diffusion import MAX_STEPS
 from service.training.schedule import Piecewise, validate_piecewise
+
+if TYPE_CHECKING:
+    from service.models.kinds import ModelKind
 
 STAGES = (1, 2)
 STAGE_CHOICES = ("1", "2", "both")
 
 
-def architecture_kind(arch: str) -> str | None:
-    """'diffusion' or 'single_pass' for a registered architecture, None for an unknown one."""
+def architecture_kind(arch: str) -> ModelKind | None:
+    """The kind of a registered architecture, None for an unknown one."""
     from service.models.registry import ARCHITECTURES
 
     found = ARCHITECTURES.get(arch)
@@ -103,7 +106,7 @@ class TrainConfig:
         kind = architecture_kind(self.arch)
         if kind is None:
             problems.append(f"unknown model {self.arch!r}")
-        elif kind != "diffusion" and self.stage != "1":
+        elif not kind.takes_timestep and self.stage != "1":
             problems.append(f"{self.arch} trains in one stage (L1 regression): stage must be"
                             f" '1', got {self.stage!r}")
         if self.init_weights not in ("ema", "params"):
@@ -114,7 +117,8 @@ class TrainConfig:
     @property
     def single_pass(self) -> bool:
         """True for networks trained by direct regression (no noise, no sampler)."""
-        return architecture_kind(self.arch) == "single_pass"
+        kind = architecture_kind(self.arch)
+        return kind is not None and not kind.takes_timestep
 
     @property
     def stages(self) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from service.data import PairedFolderDataset, SyntheticPairDataset, fixed_validation_set
+from service.data.sr_pairs import SRPairDataset
 from service.training.config import TrainConfig
 from service.training.schedule import Piecewise, value_at
 
@@ -26,7 +27,7 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 class KeyedDataset(Dataset):
     """Wraps a seeded dataset so that ``ds[(epoch, index, patch)]`` is a pure function."""
 
-    def __init__(self, dataset: SyntheticPairDataset | PairedFolderDataset) -> None:
+    def __init__(self, dataset: SyntheticPairDataset | PairedFolderDataset | SRPairDataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -77,7 +78,8 @@ class KeyStream:
 class BatchSource:
     """``next()`` gives (degraded, clean) batches in [0, 1]; ``position`` is what to save."""
 
-    def __init__(self, dataset: SyntheticPairDataset | PairedFolderDataset, seed: int,
+    def __init__(self, dataset: SyntheticPairDataset | PairedFolderDataset | SRPairDataset,
+                 seed: int,
                  patches: Piecewise, batches: Piecewise, start: int = 0, position: int = 0,
                  workers: int = 0) -> None:
         self.position = position
@@ -110,10 +112,21 @@ def _split_dirs(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-def train_dataset(cfg: TrainConfig, stage: int) -> SyntheticPairDataset | PairedFolderDataset:
+def _scale(cfg: TrainConfig) -> int:
+    from service.models.registry import ARCHITECTURES
+
+    return ARCHITECTURES[cfg.arch].kind.scale
+
+
+def train_dataset(cfg: TrainConfig,
+                  stage: int) -> SyntheticPairDataset | PairedFolderDataset | SRPairDataset:
     """The stage's training set; stage 2 uses another seed so it sees other crops."""
     seed = cfg.seed + 7919 * (stage - 1)
     patch = cfg.patch_schedule[0][0]
+    if _scale(cfg) > 1:  # LR/HR pairs: the input is 1/scale of the target
+        assert cfg.clean is not None
+        return SRPairDataset(_split_dirs(Path(cfg.clean))[0], patch, cfg.epoch_size, seed,
+                             scale=_scale(cfg), augment=cfg.augment)
     if cfg.pairs is not None:
         return PairedFolderDataset(cfg.pairs, patch, augment=cfg.augment, seed=seed,
                                    rotate=cfg.rotate)
@@ -124,8 +137,12 @@ def train_dataset(cfg: TrainConfig, stage: int) -> SyntheticPairDataset | Paired
 
 
 def validation_pairs(cfg: TrainConfig) -> list[Pair]:
-    """The fixed held-out crops (empty when no held-out data is configured)."""
-    if cfg.val_count == 0:
+    """The fixed held-out crops (empty when no held-out data is configured).
+
+    Super-resolution runs have none: the trainer scores the input against the target, which
+    differ in size there; ``diffmamba eval --task sr`` scores them instead.
+    """
+    if cfg.val_count == 0 or _scale(cfg) > 1:
         return []
     if cfg.pairs is not None:
         if cfg.val_pairs is None:

@@ -1,0 +1,78 @@
+"""LR/HR crop pairs for ×4 super-resolution training, drawn from the clean pool.
+
+Item ``i`` is a pure function of (seed, epoch, i) like the restoration datasets (resumable
+batches): an HR crop of ``patch_size`` (a multiple of the scale), a random flip/rotation, and
+its LR input from the chosen generator (Real-ESRGAN's second-order chain by default, or
+bicubic). Crops are taken from images scaled by a random factor in [0.5, 1] first, so the
+network sees textures at more than one size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from service.data.datasets import list_images, load_rgb
+from service.data.degrade.second_order import LR_GENERATORS, SCALE, resize
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
+class SRPairDataset(Dataset):
+    """``length`` (LR (3, p/s, p/s), HR (3, p, p)) pairs in [0, 1] from ``clean_dir``."""
+
+    def __init__(self, clean_dir: str | Path, patch_size: int, length: int, seed: int = 0, *,
+                 scale: int = SCALE, degradation: str = "second-order",
+                 augment: bool = True) -> None:
+        if degradation not in LR_GENERATORS:
+            raise ValueError(f"unknown degradation {degradation!r}; "
+                             f"expected one of {', '.join(LR_GENERATORS)}")
+        if length < 1:
+            raise ValueError("length must be at least 1")
+        self.clean_dir = Path(clean_dir)
+        if not self.clean_dir.is_dir():
+            raise FileNotFoundError(f"{self.clean_dir} is not a folder")
+        self.images = [load_rgb(p) for p in list_images(self.clean_dir)]
+        if not self.images:
+            raise ValueError(f"no clean images in {self.clean_dir}")
+        self.scale, self.length, self.seed = int(scale), int(length), int(seed)
+        self.degradation, self.augment = degradation, augment
+        self.epoch = 0
+        self.set_patch_size(patch_size)
+
+    def set_patch_size(self, patch_size: int) -> None:
+        if patch_size < self.scale or patch_size % self.scale:
+            raise ValueError(f"SR patch size must be a positive multiple of {self.scale}, "
+                             f"got {patch_size}")
+        self.patch_size = int(patch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        image = self.images[int(rng.integers(len(self.images)))].astype(np.float32) / 255
+        p = self.patch_size
+        h, w = image.shape[:2]
+        factor = rng.uniform(0.5, 1.0)
+        sh, sw = max(p, round(h * factor)), max(p, round(w * factor))
+        if (sh, sw) != (h, w):
+            image = resize(image, sh, sw)
+        top, left = int(rng.integers(0, sh - p + 1)), int(rng.integers(0, sw - p + 1))
+        hr = image[top : top + p, left : left + p]
+        if self.augment:
+            k = int(rng.integers(0, 8))
+            hr = np.rot90(hr[:, ::-1] if k & 4 else hr, k & 3, axes=(0, 1))
+        hr = np.round(np.ascontiguousarray(hr) * 255) / np.float32(255)
+        lr = LR_GENERATORS[self.degradation](hr, rng, self.scale)
+        return _to_tensor(np.asarray(lr)), _to_tensor(hr)
