@@ -110,11 +110,12 @@ def min_psnr(minimum: float, select: Select) -> Check:
 
 def mean_gain(minimum: float, select: Select) -> Check:
     def check(cells: Sequence[CellResult]) -> tuple[Status, str]:
-        deltas = [d for c in _pick(cells, select) if (d := c.delta()) is not None]
+        deltas = [(c.cell.name, d) for c in _pick(cells, select) if (d := c.delta()) is not None]
         if not deltas:
             return "n/a", "no model scores"
-        gain = float(np.mean(deltas))
-        return ("met" if gain >= minimum else "not met"), f"{gain:+.2f} dB over {len(deltas)}"
+        gain = float(np.mean([d for _, d in deltas]))
+        where = deltas[0][0] if len(deltas) == 1 else f"mean of {len(deltas)} cells"
+        return ("met" if gain >= minimum else "not met"), f"{where} {gain:+.2f} dB"
 
     return check
 
