@@ -178,6 +178,9 @@ def test_sr_returns_the_whole_image_network_output(client: TestClient,
     got = _pixels(data)
     assert got.shape == (84, 52, 3)
     assert np.abs(got - _whole(sr_model, image)).max() <= 1
+    tiny = random_image(1, 3, seed=2)  # smaller than the pad multiple: replicate-padded
+    code, data, _ = _post(client, png_bytes(tiny))
+    assert code == 200 and _pixels(data).shape == (4, 12, 3)
 
 
 def test_sr_above_the_budget_is_tiled(client: TestClient, sr_model: torch.nn.Module) -> None:
@@ -239,13 +242,23 @@ def test_grayscale_16_bit_stays_16_bit(client: TestClient) -> None:
     assert out.mode in ("I;16", "I") and out.size == (56, 40)
 
 
+def _batches(client: TestClient) -> float:
+    lines = client.get("/metrics").text.splitlines()
+    prefix = 'diffmamba_batch_size_count{task="sr"}'
+    return next((float(x.split()[-1]) for x in lines if x.startswith(prefix)), 0.0)
+
+
 def test_concurrent_requests_equal_their_solo_runs(client: TestClient) -> None:
     """Whole images and tiles of several requests share passes; each equals its solo run."""
     sizes = [(16, 16), (16, 16), (24, 40), (16, 16), (24, 40), (16, 16)]
     images = [png_bytes(random_image(h, w, seed=20 + i)) for i, (h, w) in enumerate(sizes)]
+    start = _batches(client)
     solo = [_post(client, img)[1] for img in images]
+    mid = _batches(client)
     with ThreadPoolExecutor(len(images)) as pool:
         together = list(pool.map(lambda img: _post(client, img)[1], images))
+    end = _batches(client)
+    assert end - mid < mid - start, (mid - start, end - mid)  # same-shape inputs shared passes
     for a, b in zip(solo, together, strict=True):
         assert np.abs(_pixels(a) - _pixels(b)).max() <= 1
 
