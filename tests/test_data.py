@@ -281,6 +281,18 @@ def test_synthetic_dataset_is_deterministic_per_index(clean_dir: Path, task: str
         ds[10]
 
 
+def test_clean_share_gives_identity_pairs(clean_dir: Path) -> None:
+    # denoise: a noisy crop never equals its clean one, so every identical pair is a clean one
+    ds = SyntheticPairDataset(clean_dir, "denoise", patch_size=16, length=200, seed=3,
+                              clean_share=0.25)
+    identical = sum(torch.equal(*ds[i]) for i in range(200))
+    assert 30 <= identical <= 70  # binomial(200, 0.25): mean 50, sd 6
+    plain = SyntheticPairDataset(clean_dir, "denoise", patch_size=16, length=50, seed=3)
+    assert sum(torch.equal(*plain[i]) for i in range(50)) == 0
+    with pytest.raises(ValueError, match="clean_share"):
+        SyntheticPairDataset(clean_dir, "derain", patch_size=16, length=5, clean_share=1.0)
+
+
 def test_fixed_validation_set_is_repeatable(clean_dir: Path) -> None:
     a = fixed_validation_set(clean_dir, "denoise", 16, count=4, seed=1)
     b = fixed_validation_set(clean_dir, "denoise", 16, count=4, seed=1)
