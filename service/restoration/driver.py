@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from service.diffusion.sampler import DEFAULT_STEPS
 from service.models.kinds import ModelKind
 from service.restoration.plan import TilingPolicy, open_session
 from service.restoration.protocol import RestorationSession
@@ -92,8 +93,6 @@ def restore_image(
 
     ``run`` replaces the plain model pass (an engine with a checked precision).
     """
-    from service.diffusion.sampler import DEFAULT_STEPS
-
     session = open_session(kind, image, policy, steps=steps or DEFAULT_STEPS, seed=seed)
     out = run_session(session, run or model_pass(model, kind, device), max_batch, on_round)
     return out, session

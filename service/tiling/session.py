@@ -124,7 +124,8 @@ class TiledRestoration:
         Blending ε equals blending the tiles' x_{t_next}: the DDIM step is affine in ε with
         coefficients shared by every tile, and every tile starts from the same (blended) x_t.
         """
-        self._run.timesteps  # noqa: B018 - raises once sampling is finished
+        if self.done:
+            raise RuntimeError("sampling is finished; call result()")
         if len(eps_tiles) != len(self.tiles):
             raise ValueError(f"expected {len(self.tiles)} eps tiles, got {len(eps_tiles)}")
         canvas = Canvas(*self._run.x.shape)
