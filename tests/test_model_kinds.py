@@ -93,6 +93,8 @@ def test_a_registered_architecture_is_served_everywhere(toy: Toy2x) -> None:
     loaded = load_checkpoint(toy.state_dict())
     assert (loaded.arch, loaded.kind.scale) == ("toy2x", 2)
     assert kind_of_model(loaded.model).scale == 2
+    assert kind_of_model(nn.DataParallel(loaded.model)).scale == 2  # wrappers looked through
+    assert kind_of_model(lambda x, t: x) is DIFFUSION  # a bare callable is a noise estimator
     x = torch.rand(1, 3, 21, 13, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = restore(loaded.model, x, steps=9, seed=4)

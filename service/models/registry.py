@@ -116,8 +116,14 @@ register(
 
 
 def kind_of_model(model: object) -> ModelKind:
-    """The kind of a built network (by its class); a plain callable is a noise estimator, the
+    """The kind of a built network (by its class, looking through torch.compile and
+    DataParallel/EMA-style ``.module`` wrappers); a plain callable is a noise estimator, the
     convention ``service.diffusion.restore`` has always had."""
+    while isinstance(model, nn.Module):
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
     for arch in ARCHITECTURES.values():
         if isinstance(arch.build, type) and type(model) is arch.build:
             return arch.kind
