@@ -240,10 +240,13 @@ def test_engine_tensorrt_on_cpu_fails_start_up_clearly(loaded) -> None:  # type:
 def test_task_engine_override_from_settings() -> None:
     from service.settings import Settings
 
-    s = Settings(engine="compile", task_engines={"denoise": "onnxruntime"}, tile_size=64)
+    s = Settings(engine="compile", task_engines={"denoise": "onnxruntime"}, tile_size=64,
+                 precision="auto", task_precisions={"denoise": "fp32"})
     assert EngineOptions.for_task(s, "denoise").engine == "onnxruntime"
+    assert EngineOptions.for_task(s, "denoise").precision == "fp32"
     assert EngineOptions.for_task(s, "derain") == EngineOptions(engine="compile", tile=64,
                                                                 max_batch=2)  # the CPU default
+    assert EngineOptions.for_task(s, "derain").precision == "auto"
     with pytest.raises(ValueError, match="onnx"):
         Settings(task_engines={"denoise": "onnx"})
 
