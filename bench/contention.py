@@ -10,7 +10,9 @@ and the CPU time per restore:
   so the pool size must come from the affinity mask;
 * ``quota1``: a cgroup CPU quota of one CPU (cgroup v1 or v2, needs root; skipped otherwise),
   again with no thread setting;
-* ``threads1``: ``DIFFMAMBA_THREADS=1``, the reference the two previous cases must match.
+* ``threads1``: ``DIFFMAMBA_THREADS=1``, the reference the two previous cases must match;
+* ``busy_threads1``: one thread while the competing process runs (what a contention-aware
+  thread count would choose).
 
 ``--wait spin`` repeats alone/busy with the OpenMP runtime's own default waiting
 (``OMP_WAIT_POLICY`` set empty, i.e. the spin-then-sleep behaviour of an unconfigured libgomp) to
@@ -133,6 +135,8 @@ def main() -> None:
     env = dict(base)
     rows.append({**run_case("threads1", args, {**env, "DIFFMAMBA_THREADS": "1"}, []),
                  "wait": "passive"})
+    rows.append({**run_case("busy_threads1", args, {**env, "DIFFMAMBA_THREADS": "1"}, [],
+                            busy=True), "wait": "passive"})
     if shutil.which("taskset"):
         rows.append({**run_case("taskset1", args, env, ["taskset", "-c", "0"]), "wait": "passive"})
     quota = _quota_cgroup(1.0)
