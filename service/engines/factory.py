@@ -2,7 +2,7 @@
 
 Failures are loud: an engine that was asked for but cannot be built (no onnxruntime, no GPU for
 TensorRT) raises EngineError, so start-up fails with the reason in /readyz instead of quietly
-serving another engine. Only precision degrades gracefully (to fp32, logged), as the issue asks.
+serving another engine. Only precision degrades gracefully (to fp32, logged).
 """
 
 from __future__ import annotations

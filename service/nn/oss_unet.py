@@ -9,6 +9,7 @@ their head as sibling attributes and strict loading sees exactly the release's n
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from service.nn.oss_config import OSSUNetConfig
 from service.nn.resample import MULTIPLE, Downsample, PatchEmbed, Upsample, pad_to_multiple
 
 
-class OSSUNet(nn.Module):
+class OSSUNet(nn.Module, ABC):
     """Body: three levels down, a latent level, three up with skip concatenation, refinement.
 
     Widths C, 2C, 4C, 8C; decoder level 1 and the refinement run at 2C (no channel reduction
@@ -70,9 +71,9 @@ class OSSUNet(nn.Module):
         dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], dim=1))
         return emb, self.refinement(dec1)
 
+    @abstractmethod
     def head(self, features: torch.Tensor, emb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Refined features, stem output and padded image -> the padded output."""
-        raise NotImplementedError
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         h, w = img.shape[-2:]
