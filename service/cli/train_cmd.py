@@ -175,9 +175,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--log-every", type=positive_int, default=10,
                    help="log.jsonl line every K iterations (default 10)")
     r.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
-                   help="save and exit before this session runs longer")
+                   help="save and exit before this invocation runs longer")
     r.add_argument("--session-iters", type=positive_int, metavar="N",
-                   help="save and exit after N iterations in this session")
+                   help="save and exit after N iterations of this invocation")
     add_threads_option(r)
     r.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: convolutions and matmuls in bf16 (CPU with amx_bf16/avx512_bf16, "
