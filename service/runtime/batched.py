@@ -7,12 +7,16 @@ so tiles of many requests at different steps, and whole images of one size, shar
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import torch
 
 from service.batching import StepTiming
 from service.restoration import RestorationSession
 from service.runtime.task import TaskModel
+
+Progress = Callable[[int, int, int], None]
+"""``progress(passes_done, passes_total, tiles)``."""
 
 
 async def run_session_batched(
@@ -21,12 +25,22 @@ async def run_session_batched(
     *,
     deadline: float,
     timing: StepTiming,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
-    """-> the restored (1, 3, sH, sW) in [0, 1]; session state work runs off the event loop."""
+    """-> the restored (1, 3, sH, sW) in [0, 1]; session state work runs off the event loop.
+
+    ``progress(passes_done, passes_total, tiles)`` is called on the loop after each round, in
+    network passes of one tile (what async jobs report).
+    """
     if task.batcher is None:
         raise RuntimeError(f"task {task.name} has no running batcher")
+    tiles, total = session.num_tiles, session.num_tiles * session.rounds
+    done = 0
     while not session.done:
         inputs, times = await asyncio.to_thread(session.round_inputs)
         outputs = await task.batcher.submit_many(inputs, times, deadline=deadline, timing=timing)
         await asyncio.to_thread(session.advance, outputs)
+        done += len(outputs)
+        if progress is not None:
+            progress(done, total, tiles)
     return await asyncio.to_thread(session.result)
