@@ -13,6 +13,7 @@ from service.cli import main
 from service.models import load_checkpoint
 
 CKPT = Path(__file__).parent / "fixtures" / "diffmamba" / "tiny_withbias_checkpoint.pth"
+SUFFIX = f"_{CKPT.stem}"  # restore's default suffix for a --checkpoint run
 
 
 def _write(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
@@ -31,10 +32,10 @@ def test_restore_keeps_size_mode_and_alpha(tmp_path: Path, capsys: pytest.Captur
     code = main(["restore", str(a), str(b), "--checkpoint", str(CKPT), "--steps", "2",
                  "--seed", "3", "--output", str(out), "--device", "cpu"])
     assert code == 0
-    ra = Image.open(out / "a.png")
+    ra = Image.open(out / f"a{SUFFIX}.png")
     assert ra.size == (30, 21) and ra.mode == "RGBA"
     assert np.array_equal(np.asarray(ra)[..., 3], rgba[..., 3])
-    rb = Image.open(out / "b.png")
+    rb = Image.open(out / f"b{SUFFIX}.png")
     assert rb.size == (9, 17) and rb.mode.startswith("I")
     assert "seed 3; 2 restored, 0 failed" in capsys.readouterr().out
 
@@ -44,7 +45,8 @@ def test_restore_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     for name in ("o1", "o2"):
         assert main(["restore", str(src), "--checkpoint", str(CKPT), "--steps", "1",
                      "--seed", "5", "--output", str(tmp_path / name)]) == 0
-    assert (tmp_path / "o1" / "x.png").read_bytes() == (tmp_path / "o2" / "x.png").read_bytes()
+    assert (tmp_path / "o1" / f"x{SUFFIX}.png").read_bytes() == \
+        (tmp_path / "o2" / f"x{SUFFIX}.png").read_bytes()
 
 
 def test_restore_reports_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -56,7 +58,7 @@ def test_restore_reports_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixtur
     captured = capsys.readouterr()
     assert code == 1
     assert "skipping" in captured.out + captured.err
-    assert (tmp_path / "o" / "good.png").exists()
+    assert (tmp_path / "o" / f"good{SUFFIX}.png").exists()
 
 
 def test_bad_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -89,5 +91,5 @@ def test_large_image_is_restored_in_tiles(tmp_path: Path) -> None:
     out = tmp_path / "o"
     assert main(["restore", str(src), "--checkpoint", str(CKPT), "--steps", "1", "--seed", "0",
                  "--tile", "32", "--overlap", "8", "--output", str(out)]) == 0
-    assert Image.open(out / "big.png").size == (90, 70)
+    assert Image.open(out / f"big{SUFFIX}.png").size == (90, 70)
     assert main(["restore", str(src), "--checkpoint", str(CKPT), "--tile", "30"]) == 2

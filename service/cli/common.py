@@ -1,14 +1,22 @@
-"""Helpers shared by subcommands: consistent error output and device parsing."""
+"""Helpers shared by subcommands: consistent error output and device parsing.
+
+Every subcommand imports this module while its parser is declared, so it stays light: nothing
+here imports torch until a command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from service.runtime.device import resolve_device
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["add_threads_option", "fail", "int_in_range", "non_negative_int", "positive_float",
-           "positive_int", "resolve_device"]
+__all__ = ["add_threads_option", "fail", "int_in_range", "lazy_choice", "non_negative_int",
+           "positive_float", "positive_int", "resolve_device"]
 
 
 def fail(message: str, code: int = 2) -> int:
@@ -16,6 +24,28 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def resolve_device(name: str) -> torch.device:
+    """``service.runtime.device.resolve_device``, imported when a command runs (it loads torch)."""
+    from service.runtime.device import resolve_device as resolve
+
+    return resolve(name)
+
+
+def lazy_choice(module: str, name: str) -> Callable[[str], str]:
+    """An argparse ``type`` for one of ``module.name``'s values, read when a value is given.
+
+    For choices defined in a module that imports torch: argparse ``choices`` would be read
+    while ``--help`` is formatted, and importing that module takes seconds.
+    """
+
+    def parse(value: str) -> str:
+        allowed = tuple(getattr(importlib.import_module(module), name))
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {value!r} (choose from {', '.join(map(str, allowed))})")
+        return value
+
+    return parse
 
 
 def int_in_range(low: int, high: int | None = None):

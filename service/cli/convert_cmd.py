@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 
 from service.cli.common import fail
-from service.models import CheckpointError, load_checkpoint, write_safetensors
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from service.models import CheckpointError, load_checkpoint, write_safetensors
+
     out = Path(args.output)
     if out.suffix != ".safetensors":
         return fail(f"output must end in .safetensors, got {out.name}")

@@ -13,8 +13,6 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from service.cli.common import fail
 
 
@@ -98,6 +96,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _degrade(args: argparse.Namespace) -> int:
+    import numpy as np
     from PIL import Image
 
     from service.data.datasets import load_rgb

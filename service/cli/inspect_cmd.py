@@ -6,7 +6,6 @@ import argparse
 import json
 
 from service.cli.common import fail
-from service.models import CheckpointError, load_checkpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from service.models import CheckpointError, load_checkpoint
+
     try:
         loaded = load_checkpoint(args.checkpoint)
     except CheckpointError as exc:

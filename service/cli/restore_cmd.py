@@ -1,113 +1,252 @@
-"""``diffmamba restore IMAGE... --checkpoint PATH | --task T``: restore files from the command line.
+"""``diffmamba restore INPUT... --task T | --checkpoint PATH [--server URL]``: restore files.
 
-Every model kind goes through the same session as the service (service.restoration): diffusion
-checkpoints sample over tiles, one-pass ones (VmambaIR, its ×4 SR nets) run whole images up to
-``--whole-max-pixels`` and tiles above it.
+Inputs are files, folders (searched recursively) and glob patterns (``service.cli.inputs``);
+each result is ``--output/<sub-folder>/<name><suffix>.<ext>`` (``service.cli.destinations``),
+checked before any work starts: a run never overwrites an input, never writes two images to
+one file, and replaces existing results only with ``--overwrite``.
+
+Locally every model kind goes through the same session as the service (service.restoration):
+diffusion checkpoints sample over tiles, one-pass ones (VmambaIR, its ×4 SR nets) run whole
+images up to ``--whole-max-pixels`` and tiles above it. With ``--server`` the service does the
+work and this process only reads and writes files.
+
+This module is imported to declare the parser (``diffmamba restore --help``), so torch and the
+model code are imported inside ``run``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from service.cli.common import add_threads_option, fail, int_in_range, resolve_device
-from service.diffusion import DEFAULT_STEPS, MAX_STEPS, DDIMSchedule
-from service.engines.factory import checked_torch_engine
-from service.engines.precision import SETTINGS
-from service.imaging import (
-    ImageError,
-    from_tensor,
-    read_image,
-    scaled_like,
-    to_tensor,
-    write_image,
+from service.cli.common import (
+    add_threads_option,
+    fail,
+    lazy_choice,
+    non_negative_int,
+    positive_int,
 )
-from service.models import CheckpointError, load_checkpoint
-from service.restoration import TilingPolicy, open_session, run_session
-from service.runtime.discovery import find_task_checkpoint
-from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.cli.destinations import Job
+    from service.cli.restorers import Restorer
+
+FORMATS = ("png", "jpeg", "webp", "tiff")
+SERVER_FORMATS = ("png", "jpeg", "webp")
+API_KEY_ENV = "DIFFMAMBA_API_KEY"
+# Options that only mean something when the model runs in this process: dest -> flag.
+LOCAL_ONLY = {"checkpoint": "--checkpoint", "models": "--models", "device": "--device",
+              "threads": "--threads", "precision": "--precision", "overlap": "--overlap",
+              "max_batch": "--max-batch", "whole_max_pixels": "--whole-max-pixels"}
+LOCAL_DEFAULTS = {"device": "auto", "precision": "auto", "tile": 256, "overlap": 32,
+                  "max_batch": 1, "whole_max_pixels": 512 * 512}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("restore", help="restore image files with a checkpoint")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, WebP, TIFF or BMP")
+    p = sub.add_parser(
+        "restore",
+        help="restore image files, folders or globs with a shipped model or a checkpoint",
+        description="Restore images with the shipped model for a task (--task), a checkpoint "
+                    "file (--checkpoint), or a running service (--server URL --task T). Each "
+                    "result is written to --output as <name><suffix>.<ext>; a folder input "
+                    "keeps its sub-folders.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (PNG, JPEG, WebP, TIFF, BMP), folders (searched "
+                        "recursively for image files; hidden entries skipped) or glob patterns "
+                        "such as 'photos/**/*.jpg'")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help=".safetensors or BasicSR .pth")
-    source.add_argument("--task", help="the shipped model for task T: T.safetensors (or .pth) in "
-                                       "the models directory (DIFFMAMBA_MODELS_DIR)")
-    p.add_argument("--steps", type=int_in_range(1, MAX_STEPS), default=DEFAULT_STEPS,
-                   help="sampling steps (1-50)")
-    p.add_argument("--seed", type=int, default=None, help="noise seed (random when absent)")
-    p.add_argument("--output", default="restored", help="output directory")
-    p.add_argument("--format", choices=["png", "jpeg", "webp", "tiff"], default=None,
-                   help="output format (default: the input's, PNG for others)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add_threads_option(p)
-    p.add_argument("--precision", choices=SETTINGS, default="auto",
-                   help="network pass precision: auto (bf16 on a CPU with native bf16 when it "
-                        "stays within 45 dB of fp32, else fp32), fp32, bf16, fp16 (CUDA)")
-    p.add_argument("--tile", type=int, default=256,
-                   help="tile size for large images (multiple of 8); memory stays bounded")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap (multiple of 8)")
-    p.add_argument("--max-batch", type=int, default=1, help="tiles per network pass")
-    p.add_argument("--whole-max-pixels", type=int, default=512 * 512,
-                   help="single-pass models: run images up to this many pixels whole, tile"
-                        " larger ones (default 262144)")
+    source.add_argument("--task", metavar="T",
+                        help="the shipped model for task T: T.safetensors (or .pth) in the "
+                             "models directory (--models, DIFFMAMBA_MODELS_DIR); with --server, "
+                             "the task the service serves")
+    source.add_argument("--checkpoint", metavar="PATH", help=".safetensors or BasicSR .pth")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampling steps, 1-50 (default: the task's, from its model card, else "
+                        "DIFFMAMBA_DEFAULT_STEPS or 4; one-pass models ignore it)")
+    p.add_argument("--seed", type=non_negative_int, default=None,
+                   help="noise seed (random when absent, and printed)")
+
+    out = p.add_argument_group("output")
+    out.add_argument("-o", "--output", default="restored", metavar="DIR",
+                     help="output folder (default: restored)")
+    out.add_argument("--suffix", default=None,
+                     help="added to each file name (default: _<task>, the checkpoint's file name "
+                          "without extension for --checkpoint); '' keeps the names")
+    out.add_argument("--format", choices=FORMATS, default=None,
+                     help="output format (default: the input's; PNG for BMP)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace existing output files (inputs are never overwritten)")
+    out.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress bars and no per-image lines (bars are only drawn when "
+                          "stderr is a terminal)")
+
+    local = p.add_argument_group("running the model here")
+    local.add_argument("--models", metavar="DIR", default=None,
+                       help="models directory for --task (default: DIFFMAMBA_MODELS_DIR, else "
+                            "the repository's models/)")
+    local.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
+    add_threads_option(local)
+    local.add_argument("--precision", type=lazy_choice("service.engines.precision", "SETTINGS"),
+                       metavar="PRECISION", default=None,
+                       help="network pass precision: auto (the default: bf16 on a CPU with "
+                            "native bf16 when it stays within 45 dB of fp32, else fp32), fp32, "
+                            "bf16, fp16 (CUDA)")
+    local.add_argument("--tile", type=positive_int, default=None,
+                       help="tile size for large images (multiple of 8, default 256); memory "
+                            "stays bounded. With --server: the tile-size override sent")
+    local.add_argument("--overlap", type=int, default=None,
+                       help="tile overlap (multiple of 8, default 32)")
+    local.add_argument("--max-batch", type=positive_int, default=None,
+                       help="tiles per network pass (default 1)")
+    local.add_argument("--whole-max-pixels", type=positive_int, default=None,
+                       help="single-pass models: run images up to this many pixels whole, tile"
+                            " larger ones (default 262144)")
+
+    remote = p.add_argument_group("sending the work to a running service")
+    remote.add_argument("--server", metavar="URL", default=None,
+                        help="base URL of a diffmamba service, e.g. http://127.0.0.1:8000; "
+                             "needs --task")
+    remote.add_argument("--api-key", default=None,
+                        help=f"API key for the service (default: {API_KEY_ENV})")
     p.set_defaults(run=run)
 
 
-def _output_path(src: Path, out_dir: Path, fmt: str | None) -> Path:
-    suffix = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}.get(fmt or "")
-    if suffix is None:
-        suffix = src.suffix.lower() if src.suffix.lower() in {
-            ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"} else ".png"
-    return out_dir / f"{src.stem}{suffix}"
+def _check_mode(args: argparse.Namespace) -> str | None:
+    """The first option that does not fit local or remote restoration, or None."""
+    if args.server is None:
+        if args.api_key is not None:
+            return "--api-key applies to --server only"
+        return None
+    if args.task is None:
+        return "--server needs --task (the service's task name), not --checkpoint"
+    given = [flag for dest, flag in LOCAL_ONLY.items() if getattr(args, dest) is not None]
+    if given:
+        return f"{', '.join(given)}: only for restoring here, not with --server"
+    if args.format is not None and args.format not in SERVER_FORMATS:
+        return (f"--format {args.format} is not available from the service "
+                f"(choose {', '.join(SERVER_FORMATS)})")
+    return None
 
 
-def _checkpoint(args: argparse.Namespace) -> Path:
-    if args.checkpoint is not None:
-        return Path(args.checkpoint)
-    return find_task_checkpoint(Settings().models_dir, args.task).path
+def _suffix(args: argparse.Namespace) -> str:
+    if args.suffix is not None:
+        return args.suffix
+    label = args.task if args.task is not None else Path(args.checkpoint).stem
+    return f"_{label}"
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("MB", 1_000_000), ("kB", 1_000)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        policy = TilingPolicy(tile=args.tile, overlap=args.overlap,
-                              whole_max_pixels=args.whole_max_pixels)
-        device = resolve_device(args.device)
-        checkpoint = _checkpoint(args)
-        loaded = load_checkpoint(checkpoint, device=device)
-    except (ValueError, LookupError, FileNotFoundError, CheckpointError) as exc:
-        return fail(str(exc))
-    kind = loaded.kind
-    # The same precision decision as the service's engines (hardware, then 45 dB on a tile).
-    engine = checked_torch_engine(loaded, device, args.precision, min(args.tile, 64),
-                                  checkpoint.name)
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    from service.cli.destinations import DestinationError, plan_jobs
+    from service.cli.inputs import InputError, expand_inputs
+
+    problem = _check_mode(args)
+    if problem:
+        return fail(problem)
+    if args.suffix is not None and (os.sep in args.suffix or "/" in args.suffix):
+        return fail(f"--suffix must not contain a path separator, got {args.suffix!r}")
     out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    passes = len(DDIMSchedule().timestep_pairs(args.steps)) if kind.takes_timestep else 1
+    if out_dir.exists() and not out_dir.is_dir():
+        return fail(f"--output {out_dir} exists and is not a folder")
+    try:
+        images = expand_inputs(args.inputs, out_dir)
+        jobs = plan_jobs(images, out_dir, _suffix(args), args.format, overwrite=args.overwrite)
+    except (InputError, DestinationError) as exc:
+        return fail(str(exc))
+
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    try:
+        restorer = (_remote(args, seed) if args.server is not None else _local(args, seed))
+    except _SetupError as exc:
+        return fail(str(exc))
+    return _restore_all(jobs, restorer, args, seed)
+
+
+class _SetupError(Exception):
+    """The model or service could not be prepared; reported as a usage error."""
+
+
+def _local(args: argparse.Namespace, seed: int) -> Restorer:
+    from service.cli.restorers import LocalOptions, LocalRestorer
+    from service.diffusion import MAX_STEPS
+    from service.models import CheckpointError
+    from service.runtime.discovery import CHECKPOINT_SUFFIXES, find_task_checkpoint
+    from service.settings import Settings
+
+    options = LocalOptions(**{k: getattr(args, k) if getattr(args, k) is not None else v
+                              for k, v in LOCAL_DEFAULTS.items()})
+    if args.steps is not None and args.steps > MAX_STEPS:
+        raise _SetupError(f"--steps must be 1..{MAX_STEPS}, got {args.steps}")
+    try:
+        settings = Settings(**({"models_dir": Path(args.models)} if args.models else {}))
+        if args.task is not None:
+            entry = find_task_checkpoint(settings.models_dir, args.task)
+            checkpoint, card = entry.path, entry.card
+        else:
+            checkpoint, card = Path(args.checkpoint), {}
+            if not checkpoint.is_file():
+                siblings = [checkpoint.with_suffix(s) for s in CHECKPOINT_SUFFIXES]
+                near = [str(s) for s in siblings if s.is_file()]
+                hint = f" (there is {' and '.join(near)})" if near else ""
+                raise _SetupError(f"checkpoint not found: {checkpoint}{hint}")
+        steps = args.steps or int(card.get("default_steps", settings.default_steps))
+        return LocalRestorer(checkpoint, options, steps=steps, seed=seed)
+    except FileNotFoundError as exc:
+        hint = " (pass --models DIR or set DIFFMAMBA_MODELS_DIR)" if args.task else ""
+        raise _SetupError(f"{exc}{hint}") from exc
+    except (ValueError, LookupError, CheckpointError) as exc:
+        raise _SetupError(str(exc)) from exc
+
+
+def _remote(args: argparse.Namespace, seed: int) -> Restorer:
+    from service.cli.restorers import RemoteRestorer
+
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    try:
+        return RemoteRestorer(args.server, args.task, api_key=api_key, steps=args.steps,
+                              seed=seed, tile=args.tile)
+    except (ValueError, OSError) as exc:
+        raise _SetupError(str(exc)) from exc
+
+
+def _restore_all(jobs: list[Job], restorer: Restorer, args: argparse.Namespace,
+                 seed: int) -> int:
+    from service.cli.output import OutputExistsError, write_output
+    from service.cli.progress import Progress, bars_wanted
+
     failures = 0
-    with tqdm(total=passes * len(args.images), unit="pass", desc="restoring") as bar:
-        for name in args.images:
-            src = Path(name)
+    with Progress(len(jobs), enabled=bars_wanted(args.quiet), echo=not args.quiet) as progress:
+        for job in jobs:
+            src = job.source.path
+            progress.start_image(str(src), restorer.passes)
             try:
-                image = read_image(src, output_scale=kind.scale)
-            except (ImageError, OSError) as exc:
-                tqdm.write(f"diffmamba: skipping {src}: {getattr(exc, 'detail', exc)}")
+                result = restorer.restore(src, job.format, progress.pass_done)
+                write_output(job.dest, result.data, overwrite=args.overwrite)
+            except OutputExistsError:
+                progress.message(f"diffmamba: not written: {job.dest} appeared meanwhile "
+                                 f"(--overwrite replaces it)")
                 failures += 1
-                bar.update(passes)
+            except restorer.errors as exc:
+                progress.message(f"diffmamba: skipping {src}: {getattr(exc, 'detail', exc)}")
+                failures += 1
+            else:
+                (iw, ih), (ow, oh) = result.input_size, result.output_size
+                sizes = f"{iw}x{ih} -> {ow}x{oh}" if (iw, ih) != (ow, oh) else f"{ow}x{oh}"
+                progress.image_done(f"{src} -> {job.dest} ({sizes}, "
+                                    f"{_human_bytes(len(result.data))})")
                 continue
-            session = open_session(kind, to_tensor(image), policy, steps=args.steps, seed=seed)
-            out = run_session(session, engine.run, max(1, args.max_batch),
-                              on_round=lambda *_: bar.update(1))
-            dest = _output_path(src, out_dir, args.format)
-            write_image(dest, from_tensor(out), scaled_like(image, kind.scale), args.format)
-            size = f" ({image.width}x{image.height} -> {out.shape[-1]}x{out.shape[-2]})"
-            tqdm.write(f"{src} -> {dest}{size if kind.scale > 1 else ''}")
-    prefix = f"seed {seed}; " if kind.takes_timestep else ""
-    print(f"{prefix}{len(args.images) - failures} restored, {failures} failed")
+            progress.image_done()
+    prefix = f"seed {seed}; " if restorer.uses_seed else ""
+    print(f"{prefix}{len(jobs) - failures} restored, {failures} failed",
+          file=sys.stdout)
     return 1 if failures else 0

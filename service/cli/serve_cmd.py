@@ -11,8 +11,6 @@ import argparse
 import logging
 import os
 
-from pydantic import ValidationError
-
 from service.cli.common import add_threads_option, fail
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -37,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from service.api import create_app
     from service.api.drain import serve
     from service.settings import Settings
