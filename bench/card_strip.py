@@ -3,10 +3,14 @@
 For each of a few scikit-image photos (never trained on) a grid cell degrades a centre crop, the
 checkpoint restores it through the library call every front-end shares
 (``service.diffusion.restore``), and one row ``degraded | restored | clean`` goes into a PNG,
-each panel labelled with its PSNR against the clean crop.
+each panel labelled with its PSNR against the clean crop. For ``--task sr`` the cell is the LR
+generator (``bicubic`` or ``second-order``, seeded as ``diffmamba eval --task sr`` seeds them) and
+the rows are ``bicubic ×4 | restored ×4 | clean``.
 
     python bench/card_strip.py --task derain --checkpoint models/derain-vmambair.safetensors \\
         --cell screen-light --output models/derain-vmambair.png
+    python bench/card_strip.py --task sr --checkpoint models/sr.safetensors \\
+        --cell second-order --size 128 --output models/sr.png
 """
 
 from __future__ import annotations
@@ -45,6 +49,33 @@ def panel(image: np.ndarray, label: str) -> Image.Image:
     return im
 
 
+def degraded_pairs(task: str, cell_name: str, names: list[str], size: int,
+                   seed: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(photo, model input, the input as shown, clean) for each photo, seeded as the evaluation
+    seeds them, so a strip shows rows of the card's table."""
+    if task == "sr":
+        from service.evaluation.sr_pairs import SR_DEGRADATIONS, sr_pairs
+        from service.evaluation.upscale import bicubic_up
+
+        if cell_name not in SR_DEGRADATIONS:
+            raise SystemExit(f"unknown LR generator {cell_name!r}; expected one of "
+                             f"{', '.join(SR_DEGRADATIONS)}")
+        pairs = {p.name: p for p in sr_pairs(cell_name, seed=seed, size=size)}
+        return [(n, pairs[n].degraded, bicubic_up(pairs[n].degraded, pairs[n].scale),
+                 pairs[n].clean) for n in names]
+    cells = {c.name: (i, c) for i, c in enumerate(cells_for(task))}
+    if cell_name not in cells:
+        raise SystemExit(f"unknown cell {cell_name!r} for {task}; cells: {', '.join(cells)}")
+    index, cell = cells[cell_name]
+    rows = []
+    for name, image in evaluation_images(tuple(names)).items():
+        clean = centre(image, size)
+        # the grid's seeding: (seed, cell, the photo's index in the evaluation set)
+        degraded = cell.apply(clean, cell_rng(seed, index, EVALUATION_NAMES.index(name)))
+        rows.append((name, degraded, degraded, clean))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", required=True)
@@ -57,22 +88,15 @@ def main() -> None:
     p.add_argument("--output", type=Path, required=True)
     args = p.parse_args()
 
-    cells = {c.name: (i, c) for i, c in enumerate(cells_for(args.task))}
-    if args.cell not in cells:
-        raise SystemExit(f"unknown cell {args.cell!r} for {args.task}; cells: {', '.join(cells)}")
-    index, cell = cells[args.cell]
     model = load_model(args.checkpoint, device="cpu")
-    photos = evaluation_images(tuple(args.photos))
     rows = []
-    for name, image in photos.items():
-        clean = centre(image, args.size)
-        # the grid's seeding: (seed, cell, the photo's index in the evaluation set)
-        degraded = cell.apply(clean, cell_rng(args.seed, index, EVALUATION_NAMES.index(name)))
-        x = torch.from_numpy(degraded.transpose(2, 0, 1).copy())[None]
+    for name, model_input, shown, clean in degraded_pairs(args.task, args.cell, args.photos,
+                                                          args.size, args.seed):
+        x = torch.from_numpy(model_input.transpose(2, 0, 1).copy())[None]
         with torch.inference_mode():
             out = restore(model, x, steps=args.steps, seed=args.seed)
         restored = np.round(out[0].clamp(0, 1).numpy().transpose(1, 2, 0) * 255) / 255
-        panels = [panel(degraded, f"{name} {args.cell} {psnr(degraded, clean):.2f} dB"),
+        panels = [panel(shown, f"{name} {args.cell} {psnr(shown, clean):.2f} dB"),
                   panel(restored, f"restored {psnr(restored, clean):.2f} dB"),
                   panel(clean, "clean")]
         row = Image.new("RGB", (sum(q.width for q in panels), panels[0].height))
