@@ -55,6 +55,36 @@ class Settings(BaseSettings):
         default_factory=dict, description='per-task override, JSON: {"derain": "fp32"}'
     )
     cuda_graphs: bool = Field(True, description="replay CUDA graphs for full tiles (torch, CUDA)")
+    # Async jobs (POST /v1/jobs): where they are kept, for how long, and how many run at once.
+    job_store: str = Field(
+        "local", description="'local' (this process, results on disk) or a redis:// URL shared"
+        " by every replica")
+    job_dir: Path | None = Field(
+        None, description="local store: results (and records) here, kept across restarts;"
+        " default: a temporary directory removed at exit")
+    job_ttl_s: float = Field(3600.0, gt=0, description="a finished job and its result expire"
+                             " this long after it ended")
+    job_store_max_bytes: int = Field(1 << 30, ge=1, description="all stored results together;"
+                                     " the oldest are evicted above")
+    job_concurrency: int = Field(4, ge=1, description="jobs computing at once per replica")
+    job_queue_size: int = Field(64, ge=1, description="unfinished jobs per replica before 503")
+    job_lease_s: float = Field(15.0, gt=0, description="a job whose replica stops renewing its"
+                               " lease this long is marked failed (Redis store)")
+    job_poll_s: float = Field(0.25, gt=0, le=60, description="how often a replica checks cancel"
+                              " flags and event streams re-read a job (Redis store)")
+    job_webhook_hosts: list[str] = Field(
+        default_factory=list, description='hosts completion webhooks may call, JSON:'
+        ' ["hooks.example.com", ".internal.example.com"]; empty: webhooks refused')
+    job_webhook_retries: int = Field(4, ge=0, le=20)
+    job_webhook_backoff_s: float = Field(1.0, ge=0, description="first retry delay, doubling")
+    job_webhook_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("job_store")
+    @classmethod
+    def _job_store_kind(cls, value: str) -> str:
+        if value != "local" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"'local' or a redis://, rediss:// or unix:// URL, got {value!r}")
+        return value
 
     @field_validator("tile_size", "tile_overlap")
     @classmethod

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import __version__
 from service.api.drain import InFlightMiddleware
 from service.api.errors import error_response, install_error_handlers
+from service.api.jobs import router as jobs_router
 from service.api.restore import router as restore_router
 from service.api.state import ServiceState
 from service.settings import Settings
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Load in the background: /healthz answers at once, /readyz once models are warm.
         loader = asyncio.create_task(state.load())
+        await state.start_jobs()
         try:
             yield
         finally:
@@ -35,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loader.cancel()
             with contextlib.suppress(BaseException):
                 await loader
+            await state.stop_jobs(state.drain_time_left())  # before the batchers they use
             await state.stop(state.drain_time_left())
 
     app = FastAPI(
@@ -47,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(InFlightMiddleware, state=state)
     app.include_router(restore_router)
+    app.include_router(jobs_router)
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

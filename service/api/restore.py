@@ -8,6 +8,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
@@ -23,7 +24,9 @@ from service.batching import (
     StepTiming,
 )
 from service.imaging import (
+    DecodedImage,
     ImageError,
+    check_encodable,
     decode_image,
     encode_image,
     from_tensor,
@@ -31,12 +34,14 @@ from service.imaging import (
     to_tensor,
 )
 from service.restoration import TilingPolicy, open_session
-from service.runtime.batched import run_session_batched
+from service.runtime.batched import Progress, run_session_batched
+from service.runtime.task import TaskModel
 
 router = APIRouter()
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
 SEED_MAX = 2**63 - 1
+OUTPUT_FORMATS = ("png", "jpeg", "webp")  # the values of `format=` (restore_endpoint)
 
 
 def _state(request: Request) -> ServiceState:
@@ -76,6 +81,39 @@ def _check_tile(tile: int | None, overlap: int) -> None:
                        f"tile: must be larger than the tile overlap ({overlap}), got {tile}")
 
 
+def check_output(image: DecodedImage, fmt: str | None, scale: int) -> None:
+    """The restored image fits the output format (WebP, JPEG side limits); 422 if not."""
+    try:
+        check_encodable(image, fmt, scale=scale, choices=OUTPUT_FORMATS)
+    except ImageError as exc:
+        raise ApiError(exc.status, exc.error, exc.detail) from exc
+
+
+def prefers_async(request: Request) -> bool:
+    """``Prefer: respond-async`` (RFC 7240), among other preferences or with parameters."""
+    for header in request.headers.getlist("prefer"):
+        for pref in header.split(","):
+            if pref.split(";")[0].split("=")[0].strip().lower() == "respond-async":
+                return True
+    return False
+
+
+def admit(state: ServiceState, task: str, tile: int | None) -> TaskModel:
+    """The checks before any work, for /restore and /v1/jobs alike: -> the task's model."""
+    if state.draining:
+        raise ApiError(503, "draining", "the server is shutting down; retry on another replica",
+                       {"Retry-After": "1"})
+    if not state.ready:
+        raise ApiError(503, "not_ready", "model loading failed (see the server log)"
+                       if state.load_error else "models are still loading", {"Retry-After": "5"})
+    model = state.tasks.get(task)
+    if model is None:
+        raise ApiError(404, "unknown_task",
+                       f"unknown task {task!r}; served tasks: {sorted(state.tasks)}")
+    _check_tile(tile, state.settings.tile_overlap)
+    return model
+
+
 @router.post(
     "/restore",
     summary="Restore a degraded image",
@@ -95,20 +133,13 @@ async def restore_endpoint(
     tile: int | None = Query(None, ge=16, le=4096, description="tile size override (single-pass"
                              " tasks: tile even images under the whole-image budget)"),
 ) -> Response:
+    if prefers_async(request):  # RFC 7240: the same work as POST /v1/jobs
+        from service.api.jobs import submit_job  # (lazy: the jobs module builds on this one)
+
+        return await submit_job(request, task, steps, seed, format, tile, None)
     state = _state(request)
-    settings = state.settings
     rid = _request_id(request)
-    if state.draining:
-        raise ApiError(503, "draining", "the server is shutting down; retry on another replica",
-                       {"Retry-After": "1"})
-    if not state.ready:
-        raise ApiError(503, "not_ready", state.load_error or "models are still loading",
-                       {"Retry-After": "5"})
-    model = state.tasks.get(task)
-    if model is None:
-        raise ApiError(404, "unknown_task",
-                       f"unknown task {task!r}; served tasks: {sorted(state.tasks)}")
-    _check_tile(tile, settings.tile_overlap)
+    model = admit(state, task, tile)
 
     metrics = state.metrics
     metrics.in_flight.labels(task=task).inc()
@@ -121,6 +152,9 @@ async def restore_endpoint(
     except ApiError as exc:
         status = exc.status
         raise
+    except asyncio.CancelledError:
+        status = 503  # the server is stopping (drain timeout): answered 503 draining
+        raise
     finally:
         metrics.in_flight.labels(task=task).dec()
         metrics.requests.labels(task=task, status=str(status)).inc()
@@ -129,19 +163,47 @@ async def restore_endpoint(
 
 async def _restore(request: Request, state: ServiceState, task_name: str, steps: int | None,
                    seed: int | None, fmt: str | None, tile: int | None, rid: str) -> Response:
-    settings = state.settings
-    model = state.tasks[task_name]
-    kind = model.kind
     t0 = time.perf_counter()
-    body = await read_image_upload(request, settings.max_upload_bytes)
+    body = await read_image_upload(request, state.settings.max_upload_bytes)
+    upload = await decode_upload(state, task_name, body)
+    upload.decode_s = time.perf_counter() - t0  # Server-Timing's decode includes the upload
+    return await restore_upload(state, task_name, upload, steps, seed, fmt, tile, rid,
+                                request=request)
+
+
+@dataclass
+class DecodedUpload:
+    image: DecodedImage
+    decode_s: float
+
+
+async def decode_upload(state: ServiceState, task_name: str, body: bytes) -> DecodedUpload:
+    """The uploaded bytes, validated and decoded (4xx ApiError for bad input)."""
+    settings = state.settings
+    t0 = time.perf_counter()
     try:
         image = await asyncio.to_thread(
             decode_image, body, max_pixels=settings.max_pixels,
-            max_bytes=settings.max_upload_bytes, output_scale=kind.scale,
+            max_bytes=settings.max_upload_bytes, output_scale=state.tasks[task_name].kind.scale,
         )
     except ImageError as exc:
         raise ApiError(exc.status, exc.error, exc.detail) from exc
+    return DecodedUpload(image, time.perf_counter() - t0)
+
+
+async def restore_upload(state: ServiceState, task_name: str, upload: DecodedUpload,
+                         steps: int | None, seed: int | None, fmt: str | None, tile: int | None,
+                         rid: str, *, request: Request | None = None,
+                         progress: Progress | None = None) -> Response:
+    """Tiles -> batcher -> encode for one decoded image: the response of /restore, and what an
+    async job stores. With ``request``, its tiles are cancelled if that client disconnects."""
+    settings = state.settings
+    model = state.tasks[task_name]
+    kind = model.kind
+    image = upload.image
+    check_output(image, fmt, kind.scale)  # before any compute
     t_decoded = time.perf_counter()
+    t0 = t_decoded - upload.decode_s
 
     seed = secrets.randbelow(2**31) if seed is None else seed
     steps = steps or model.default_steps
@@ -153,9 +215,10 @@ async def _restore(request: Request, state: ServiceState, task_name: str, steps:
     deadline = time.monotonic() + settings.request_timeout_s
     session = await asyncio.to_thread(open_session, kind, to_tensor(image), policy,
                                       steps=steps, seed=seed)
-    work = run_session_batched(model, session, deadline=deadline, timing=timing)
+    work = run_session_batched(model, session, deadline=deadline, timing=timing,
+                               progress=progress)
     try:
-        restored = await _cancel_on_disconnect(request, work)
+        restored = await (work if request is None else _cancel_on_disconnect(request, work))
     except QueueFullError as exc:
         retry = max(1, int(exc.retry_after_s + 0.999))
         raise ApiError(503, "queue_full", str(exc), {"Retry-After": str(retry)}) from exc

@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from service.jobs import JobManager, build_job_manager
 from service.metrics import ServiceMetrics
 from service.runtime import TaskModel, load_tasks, start_batcher
 from service.settings import Settings
@@ -43,6 +44,9 @@ class ServiceState:
     in_flight: int = 0
     # time.monotonic() by which a drain must end; None while not draining.
     drain_deadline: float | None = None
+    # Async jobs (POST /v1/jobs); None until started, or when the store could not be opened.
+    jobs: JobManager | None = None
+    jobs_error: str | None = None
 
     def begin_drain(self, timeout: float) -> None:
         """Refuse new work from now on (/readyz and /restore answer 503); idempotent."""
@@ -56,6 +60,24 @@ class ServiceState:
         if self.drain_deadline is None:
             return self.settings.drain_timeout_s
         return max(0.0, self.drain_deadline - time.monotonic())
+
+    async def start_jobs(self) -> None:
+        """Open the job store; unfinished jobs count as in flight, so a drain waits for them."""
+        def on_active(delta: int) -> None:
+            self.in_flight += delta
+
+        try:
+            manager = build_job_manager(self.settings, on_active)
+            await manager.start()
+        except Exception as exc:
+            self.jobs_error = f"{type(exc).__name__}: {exc}"
+            logger.error("async jobs unavailable: %s", self.jobs_error)
+            return
+        self.jobs = manager
+
+    async def stop_jobs(self, timeout: float) -> None:
+        if self.jobs is not None:
+            await self.jobs.stop(timeout)
 
     async def load(self) -> None:
         """Runs in the background at start-up; /readyz turns 200 only when this finishes."""
