@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "data": "prepare training data (clean pool, degraded previews)",
     "train": "train a Diff-Mamba (two stages) or VmambaIR model, resumable",
     "eval": "PSNR/SSIM of input, classical baseline and model on evaluation pairs",
+    "keys": "manage API keys (create, revoke, list)",
 }
 # Commands that run networks: their thread pools are sized before they start.
 THREADED_COMMANDS = ("serve", "restore", "eval", "train")
@@ -104,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `diffmamba ... | head`: the reader left; no traceback for that
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
