@@ -29,13 +29,15 @@ async def run_session_batched(
 ) -> torch.Tensor:
     """-> the restored (1, 3, sH, sW) in [0, 1]; session state work runs off the event loop.
 
-    ``progress(passes_done, passes_total, tiles)`` is called on the loop after each round, in
-    network passes of one tile (what async jobs report).
+    ``progress(passes_done, passes_total, tiles)`` is called on the loop before the first
+    round and after each, in network passes of one tile (what async jobs report).
     """
     if task.batcher is None:
         raise RuntimeError(f"task {task.name} has no running batcher")
     tiles, total = session.num_tiles, session.num_tiles * session.rounds
     done = 0
+    if progress is not None:
+        progress(done, total, tiles)
     while not session.done:
         inputs, times = await asyncio.to_thread(session.round_inputs)
         outputs = await task.batcher.submit_many(inputs, times, deadline=deadline, timing=timing)
