@@ -7,7 +7,7 @@ carries its HTTP ``status``, a machine ``error`` code and a human ``detail``.
 """
 
 from .decode import DecodedImage, decode_image
-from .encode import encode_image, output_format_for
+from .encode import check_encodable, encode_image, output_format_for
 from .errors import ImageError, ImageTooLarge, InvalidImage, UnsupportedFormat, UnsupportedImage
 from .files import read_image, write_image
 from .formats import (
@@ -32,6 +32,7 @@ __all__ = [
     "InvalidImage",
     "UnsupportedFormat",
     "UnsupportedImage",
+    "check_encodable",
     "decode_image",
     "encode_image",
     "format_for_path",

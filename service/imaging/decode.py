@@ -17,6 +17,10 @@ Why it is written this way:
 * **Only our parsers run.** A file whose magic number belongs to another format (GIF, ICO,
   PSD, ...) is rejected with :class:`UnsupportedImage` from its signature alone; its parser
   never runs, which keeps the attack surface to the five formats we serve.
+* **Corruption is an error.** Every PNG chunk's CRC is checked before Pillow parses the file:
+  Pillow verifies the CRCs of the chunks it interprets itself but streams IDAT (the pixels)
+  straight to zlib without them, so a flipped bit in the image data would decode to wrong
+  pixels instead of being refused. CRC-32 runs at memory speed, negligible next to a decode.
 * **Truncation is an error.** The pixels are fully ``load()``-ed here, with Pillow's default
   ``ImageFile.LOAD_TRUNCATED_IMAGES = False`` (this module never changes it; if someone sets
   it to True a warning is emitted, because truncated files would then decode with grey fill).
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,6 +164,8 @@ def decode_image(
         _check_dimensions(image.size, limit, fmt)
         if max_pixels is not None:
             _check_dimensions(image.size, max_pixels, fmt, output_scale)
+        if fmt == "PNG":
+            _check_png_chunks(data)
         source_mode = image.mode
         gray_alpha = _is_png_gray_alpha(image, fmt)
         with _pillow_errors(f"the {fmt} image"):
@@ -252,6 +259,30 @@ def _check_dimensions(size: tuple[int, int], limit: int | None, fmt: str,
             f"the ×{output_scale} output of this {width}x{height} image would be "
             f"{out_w}x{out_h} = {out_w * out_h:,} pixels, over the limit of {limit:,} pixels"
         )
+
+
+_PNG_SIGNATURE_LEN: Final = 8
+
+
+def _check_png_chunks(data: bytes | bytearray) -> None:
+    """Walk the chunks from the signature to IEND: each complete, each CRC right."""
+    view = memoryview(data)
+    pos, end = _PNG_SIGNATURE_LEN, len(data)
+    while True:
+        if pos + 12 > end:
+            raise InvalidImage(f"the PNG data is truncated: no IEND chunk by byte {end:,}")
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        kind = bytes(view[pos + 4:pos + 8])
+        crc_at = pos + 8 + length
+        name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+        if length > 0x7FFF_FFFF or crc_at + 4 > end:
+            raise InvalidImage(f"the PNG data is truncated inside its {name} chunk at byte {pos:,}")
+        if zlib.crc32(view[pos + 4:crc_at]) != int.from_bytes(view[crc_at:crc_at + 4], "big"):
+            raise InvalidImage(f"the PNG data is corrupt: CRC mismatch in its {name} chunk "
+                               f"at byte {pos:,}")
+        if kind == b"IEND":
+            return
+        pos = crc_at + 4
 
 
 def _is_png_gray_alpha(image: Image.Image, fmt: str) -> bool:

@@ -23,6 +23,7 @@ text chunks) is not carried over: EXIF orientation was already applied to the pi
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -50,6 +51,29 @@ def output_format_for(like: DecodedImage, fmt: str | None = None) -> str:
     return like.format if like.format in SUPPORTED_OUTPUT_FORMATS else DEFAULT_OUTPUT_FORMAT
 
 
+def check_encodable(like: DecodedImage, fmt: str | None = None, *, scale: int = 1,
+                    choices: Sequence[str] = SUPPORTED_OUTPUT_FORMATS) -> str:
+    """The output format for ``like`` restored at ``scale``; raises :class:`UnsupportedFormat`
+    when the image would not fit it (WebP: 16383 px per side, JPEG: 65535).
+
+    Callers run it before the restoration, so an impossible request fails in milliseconds
+    rather than after the compute; ``choices`` are the formats the caller can ask for (the
+    API's ``format`` values), the only ones the message suggests.
+    """
+    target = output_format_for(like, fmt)
+    width, height = like.width * scale, like.height * scale
+    limit = _MAX_SIDE.get(target)
+    if limit is not None and max(width, height) > limit:
+        fits = [c.lower() for c in choices
+                if _MAX_SIDE.get(normalize_format(c), max(width, height)) >= max(width, height)]
+        hint = f"; use {' or '.join(fits)}" if fits else ""
+        raise UnsupportedFormat(
+            f"{target} cannot store a {width}x{height} image "
+            f"(at most {limit} pixels per side){hint}"
+        )
+    return target
+
+
 def encode_image(
     rgb: np.ndarray,
     like: DecodedImage,
@@ -67,18 +91,12 @@ def encode_image(
     Raises :class:`UnsupportedFormat` (422) for an unknown format or an image too large for
     it, ``ValueError`` for a wrong shape, non-finite values or a bad quality.
     """
-    target = output_format_for(like, fmt)
+    target = check_encodable(like, fmt)
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
     if lossless and target == "JPEG":
         raise UnsupportedFormat("JPEG cannot be written losslessly; use png, tiff or webp")
     _check_pixels(rgb, like)
-    limit = _MAX_SIDE.get(target)
-    if limit is not None and max(like.width, like.height) > limit:
-        raise UnsupportedFormat(
-            f"{target} cannot store a {like.width}x{like.height} image "
-            f"(at most {limit} pixels per side); use png or tiff"
-        )
     image = _build_image(rgb, like, target)
     options = _save_options(target, quality, lossless, _matching_icc(like, image.mode))
     buffer = io.BytesIO()
