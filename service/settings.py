@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +40,31 @@ class Settings(BaseSettings):
         512 * 512, ge=1, description="single-pass models run whole images up to this size"
     )
     drain_timeout_s: float = Field(30.0, ge=0)
+    # HTTP limits (service.api.connection, service.api.timeouts): slow or idle clients.
+    header_timeout_s: float = Field(10.0, gt=0, description="a request line and headers must"
+                                    " arrive within this; else 408 and the connection closes")
+    body_timeout_s: float = Field(30.0, gt=0, description="longest wait for more of a request"
+                                  " body (408 after)")
+    min_upload_rate: float = Field(4096.0, ge=0, description="bytes/s an upload must average"
+                                   " after its first body_timeout_s (408 below); 0: off")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections"
+                                        " close after this")
+    max_connections: int = Field(1000, ge=1, description="open connections; more get 503")
+    max_header_bytes: int = Field(16384, ge=1024, description="request line + headers (431)")
+    # Access control (service.api.auth, service.api.cors).
+    api_keys_file: Path | None = Field(None, description="keys file of `diffmamba keys`;"
+                                       " unset: no authentication")
+    rate_limit_per_s: float = Field(5.0, ge=0, description="requests per second per key"
+                                    " (token bucket; 0: unlimited)")
+    rate_limit_burst: int = Field(20, ge=1, description="requests a key may send at once")
+    max_concurrent_per_key: int = Field(4, ge=0, description="requests in progress per key;"
+                                        " 0: unlimited")
+    auth_exempt_paths: list[str] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
+        description='paths reachable without a key, JSON; "/prefix/*" for a prefix')
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description='origins allowed cross-origin, JSON:'
+        ' ["https://app.example.com"], or ["*"]; empty: no CORS')
     warmup: bool = True
     # Engines for the network pass (service.engines): built or loaded and warmed at start-up.
     engine: EngineName = Field("torch", description="torch, compile, onnxruntime or tensorrt")
@@ -84,6 +110,19 @@ class Settings(BaseSettings):
     def _job_store_kind(cls, value: str) -> str:
         if value != "local" and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"'local' or a redis://, rediss:// or unix:// URL, got {value!r}")
+        return value
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin.rstrip("/")):
+                raise ValueError(f"an origin is scheme://host[:port] or '*', got {origin!r}")
         return value
 
     @field_validator("tile_size", "tile_overlap")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,24 +107,122 @@ def test_wrong_method_and_path(client: TestClient) -> None:
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
-def test_network_failure_is_500_naming_it_and_service_recovers(client: TestClient) -> None:
+def test_network_failure_is_500_logged_not_shown_and_service_recovers(
+        client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     task = client.app.state.service.tasks["derain"]
     model = task.loaded.model
 
     def broken(*_: object) -> None:
-        raise RuntimeError("simulated CUDA error")
+        raise RuntimeError("simulated CUDA error at /opt/secret/path")
 
     model.forward = broken
     try:
-        r = client.post("/restore", params={"task": "derain", "steps": 1}, content=GOOD,
-                        headers=PNG)
+        with caplog.at_level(logging.ERROR, logger="service"):
+            r = client.post("/restore", params={"task": "derain", "steps": 1}, content=GOOD,
+                            headers={**PNG, "X-Request-ID": "fail-42"})
     finally:
         del model.forward
     assert r.status_code == 500
     assert r.json()["error"] == "inference_failed"
-    assert "RuntimeError: simulated CUDA error" in r.json()["detail"]
+    assert "simulated" not in r.text and "/opt/secret" not in r.text  # server text stays inside
+    assert "fail-42" in r.json()["detail"]
+    logged = [rec for rec in caplog.records if "fail-42" in rec.getMessage()]
+    assert logged and "simulated CUDA error" in logged[0].getMessage()
     ok = client.post("/restore", params={"task": "derain", "steps": 1}, content=GOOD, headers=PNG)
     assert ok.status_code == 200
+
+
+def test_unhandled_exception_is_json_500_with_request_id(
+        client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    app = client.app
+
+    async def boom() -> None:
+        raise KeyError("internal table /var/lib/x")
+
+    app.add_api_route("/test-boom", boom)
+    with caplog.at_level(logging.ERROR, logger="service"):
+        r = client.get("/test-boom", headers={"X-Request-ID": "boom-1"})
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == "internal_error" and "boom-1" in r.json()["detail"]
+    assert "/var/lib" not in r.text and "KeyError" not in r.text
+    (record,) = [rec for rec in caplog.records if "boom-1" in rec.getMessage()]
+    assert record.exc_info is not None and "/var/lib/x" in str(record.exc_info[1])
+
+
+def _with_bad_crc(png: bytes, chunk: bytes) -> bytes:
+    at = png.index(chunk) - 4
+    length = int.from_bytes(png[at:at + 4], "big")
+    crc_at = at + 8 + length
+    return png[:crc_at] + bytes([png[crc_at] ^ 0xFF]) + png[crc_at + 1:]
+
+
+def test_corrupt_png_crc_is_invalid_image(client: TestClient) -> None:
+    r = client.post("/restore", params={"task": "derain"}, content=_with_bad_crc(GOOD, b"IDAT"),
+                    headers=PNG)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_image"
+    assert "CRC" in r.json()["detail"] and "IDAT" in r.json()["detail"]
+    # Pillow alone accepts it: the pixel data's CRC is not its concern.
+    Image.open(io.BytesIO(_with_bad_crc(GOOD, b"IDAT"))).load()
+
+
+def test_truncated_multipart_is_invalid_multipart(client: TestClient) -> None:
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + GOOD
+    complete = body + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    ok = client.post("/restore", params={"task": "derain", "steps": 1}, content=complete,
+                     headers=headers)
+    assert ok.status_code == 200, ok.text
+    for cut in (body, body[:-20], complete[:-4]):
+        r = client.post("/restore", params={"task": "derain"}, content=cut, headers=headers)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_multipart", r.text
+        assert "truncated" in r.json()["detail"]
+
+
+def test_two_file_parts_are_refused(client: TestClient) -> None:
+    other = png_bytes(random_image(16, 16, seed=1))
+    r = client.post("/restore", params={"task": "derain"},
+                    files=[("file", ("a.png", GOOD, "image/png")),
+                           ("file", ("b.png", other, "image/png"))])
+    assert r.status_code == 400 and r.json()["error"] == "multiple_files"
+    assert "2 parts named 'file'" in r.json()["detail"]
+
+
+def _metric(client: TestClient, prefix: str) -> float:
+    return sum(float(line.split()[-1]) for line in client.get("/metrics").text.splitlines()
+               if line.startswith(prefix))
+
+
+def test_impossible_output_format_is_refused_before_compute(client: TestClient) -> None:
+    wide = png_bytes(np.zeros((8, 16384, 3), np.uint8))  # WebP: at most 16383 px per side
+    passes = _metric(client, 'diffmamba_batch_size_count{task="derain"}')
+    r = client.post("/restore", params={"task": "derain", "steps": 1, "format": "webp"},
+                    content=wide, headers=PNG)
+    assert r.status_code == 422 and r.json()["error"] == "unsupported_format", r.text
+    detail = r.json()["detail"]
+    assert "16384x8" in detail and "16383" in detail
+    assert "png" in detail and "jpeg" in detail and "tiff" not in detail  # only what the API takes
+    assert _metric(client, 'diffmamba_batch_size_count{task="derain"}') == passes  # no compute
+
+
+def test_load_failure_is_not_exposed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "derain.pth").write_bytes(b"not a checkpoint at all")
+    with caplog.at_level(logging.ERROR, logger="service"), started_client(models) as c:
+        deadline = time.monotonic() + 60
+        while not c.app.state.service.load_error:
+            assert time.monotonic() < deadline, "the load never failed"
+            time.sleep(0.05)
+        ready = c.get("/readyz")
+        restore = c.post("/restore", params={"task": "derain"}, content=GOOD, headers=PNG)
+    for r in (ready, restore):
+        assert r.status_code == 503 and r.json()["error"] == "not_ready"
+        assert "derain.pth" not in r.text and str(tmp_path) not in r.text
+        assert r.json()["detail"] == "model loading failed (see the server log)"
+    assert any("derain.pth" in rec.getMessage() for rec in caplog.records)
 
 
 def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from serving import make_models_dir, png_bytes, random_image
 
-from service.api.drain import DrainingServer
+from service.api.drain import SHUTDOWN_GRACE_S, DrainingServer
 from service.api.state import ServiceState
 from service.settings import Settings
 
@@ -161,9 +161,12 @@ def test_drain_ends_when_idle_or_at_the_timeout() -> None:
     state.in_flight = 0
     assert asyncio.run(srv.on_tick(3)) is True and srv.should_exit
 
-    state = _state(0.0)  # the timeout ends the drain even with work in flight
+    state = _state(0.0)  # the timeout ends the drain even with work in flight:
     srv = _server(state)
     state.in_flight = 3
     srv.begin_drain()
-    assert asyncio.run(srv.on_tick(1)) is True
+    assert asyncio.run(srv.on_tick(1)) is False  # first the requests are cut off (503)...
+    assert srv._cut_off_at is not None
+    srv._cut_off_at -= SHUTDOWN_GRACE_S  # ...then, a grace later, the server stops regardless
+    assert asyncio.run(srv.on_tick(2)) is True
     assert state.drain_time_left() == 0.0

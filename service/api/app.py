@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import __version__
-from service.api.drain import InFlightMiddleware
 from service.api.errors import error_response, install_error_handlers
 from service.api.jobs import router as jobs_router
+from service.api.middleware import install_middleware
 from service.api.restore import router as restore_router
 from service.api.state import ServiceState
 from service.settings import Settings
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = state
     install_error_handlers(app)
-    app.add_middleware(InFlightMiddleware, state=state)
+    install_middleware(app, state)
     app.include_router(restore_router)
     app.include_router(jobs_router)
 
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.ready and not state.draining:
             return JSONResponse({"status": "ready", "tasks": sorted(state.tasks)})
         reason = ("draining" if state.draining else
-                  f"model loading failed: {state.load_error}" if state.load_error else
+                  "model loading failed (see the server log)" if state.load_error else
                   "models are loading")
         return error_response(503, "not_ready", reason, {"Retry-After": "5"})
 

@@ -12,10 +12,17 @@ re-raises the signal afterwards, so the process dies "killed by SIGTERM" rather 
 3. then it shuts down as uvicorn normally does and the process exits with status 0.
 
 A second SIGTERM/SIGINT during the drain exits at once (uvicorn's ``force_exit``).
+
+Requests still running when ``drain_timeout_s`` runs out are cancelled by the server and
+answered JSON 503 ``draining`` with ``Retry-After`` (by :class:`InFlightMiddleware`), so the
+client can retry elsewhere; left to uvicorn they would be cancelled later and get its
+plain-text ``Internal Server Error``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -23,8 +30,10 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.connection import server_config
+from service.api.errors import error_response
 from service.api.state import ServiceState
 
 logger = logging.getLogger("service.api.drain")
@@ -34,10 +43,14 @@ UNTRACKED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # After the drain, uvicorn's own wait for open connections; short because the requests that
 # mattered are done by now (or the drain timeout has already been spent on them).
 SHUTDOWN_GRACE_S = 2.0
+# The cancel message of requests cut off by the drain timeout (InFlightMiddleware answers them).
+DRAIN_TIMEOUT_CANCEL = "diffmamba: drain timeout"
 
 
 class InFlightMiddleware:
-    """Counts HTTP requests from arrival to the last byte of their response on ``state``.
+    """Counts HTTP requests from arrival to the last byte of their response on ``state``, and
+    answers a request cancelled before its response started (the drain timeout, or a server
+    shutting down) with JSON 503 ``draining`` rather than nothing or a plain-text 500.
 
     A pure ASGI middleware (not ``BaseHTTPMiddleware``) so that it sees the whole response,
     including a streamed body, and adds no task or buffering per request.
@@ -47,14 +60,37 @@ class InFlightMiddleware:
         self.app, self.state = app, state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in UNTRACKED_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        self.state.in_flight += 1
+        tracked = scope.get("path") not in UNTRACKED_PATHS
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        if tracked:
+            self.state.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_tracked)
+        except asyncio.CancelledError as exc:
+            if started:
+                raise
+            with contextlib.suppress(Exception):
+                await error_response(
+                    503, "draining", "the server is shutting down before this request could "
+                    "finish; retry on another replica", {"Retry-After": "1"},
+                )(scope, receive, send)
+            task = asyncio.current_task()
+            if exc.args != (DRAIN_TIMEOUT_CANCEL,) or task is None or \
+                    not hasattr(task, "uncancel"):
+                raise
+            task.uncancel()  # our own cancel, fully answered: end the request normally
         finally:
-            self.state.in_flight -= 1
+            if tracked:
+                self.state.in_flight -= 1
 
 
 class DrainingServer(uvicorn.Server):
@@ -64,6 +100,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.state = state
         self._last_report = 0.0
+        self._cut_off_at: float | None = None  # when the drain timeout cancelled requests
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs in the main thread between bytecodes: only set flags here, the loop acts on them.
@@ -92,6 +129,15 @@ class DrainingServer(uvicorn.Server):
         if self.state.in_flight == 0:
             logger.info("drained: no request in flight, shutting down")
         elif now >= deadline:
+            if self._cut_off_at is None:
+                logger.warning("drain timeout: answering %d request(s) in flight with 503",
+                               self.state.in_flight)
+                self._cut_off_at = now
+                for task in list(self.server_state.tasks):
+                    task.cancel(DRAIN_TIMEOUT_CANCEL)
+                return False
+            if now - self._cut_off_at < SHUTDOWN_GRACE_S:
+                return False
             logger.warning("drain timeout: shutting down with %d request(s) in flight",
                            self.state.in_flight)
         else:
@@ -106,6 +152,6 @@ class DrainingServer(uvicorn.Server):
 
 def serve(app: Any, state: ServiceState, host: str, port: int, log_level: str) -> None:
     """Run ``app`` until a signal drains it; returns normally (exit status 0) after a drain."""
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    config = server_config(app, state.settings, host, port, log_level,
+                           timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     DrainingServer(config, state).run()

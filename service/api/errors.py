@@ -1,11 +1,21 @@
-"""Every error leaves the API as JSON ``{"error": code, "detail": message}``."""
+"""Every error leaves the API as JSON ``{"error": code, "detail": message}``.
+
+A 500 is the server's fault, never the input's, and its detail is whatever an exception said
+(a CUDA message, a path, a library's internals): the handler logs it with the request id and
+answers a generic sentence naming that id instead, so the text stays in the server's log.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("service.api")
+CLIENT_CLOSED = 499  # nginx's code: the client went away before the answer
 
 
 class ApiError(Exception):
@@ -31,10 +41,28 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def request_id(request: Request) -> str:
+    """The id :class:`~service.api.security.SecurityMiddleware` validated or assigned."""
+    return str(request.scope.get("state", {}).get("request_id")
+               or request.headers.get("x-request-id", "-"))
+
+
+def public_detail(request: Request, exc: ApiError) -> str:
+    """What the client may read of ``exc``; a 500's own text only goes to the log."""
+    rid = request_id(request)
+    if exc.status == CLIENT_CLOSED:
+        logger.info("request %s: the client closed the connection (%s)", rid, exc.detail)
+    if exc.status != 500:  # 503/504 details are ours: what to retry, which limit
+        return exc.detail
+    logger.error("request %s: %s: %s", rid, exc.error, exc.detail,
+                 exc_info=exc.__cause__ or exc)
+    return f"the server failed to process this request ({exc.error}); quote request id {rid}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.error, exc.detail, exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.error, public_detail(request, exc), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

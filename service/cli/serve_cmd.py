@@ -2,7 +2,8 @@
 
 ``--host``, ``--port`` and ``--log-level`` also read ``DIFFMAMBA_HOST``, ``DIFFMAMBA_PORT`` and
 ``DIFFMAMBA_LOG_LEVEL``, so a container is configured from its environment alone. The server
-drains on SIGTERM (see ``service.api.drain``) and then exits with status 0.
+drains on SIGTERM (see ``service.api.drain``) and then exits with status 0. Connections are
+guarded by ``service.api.connection`` (header deadline, connection cap, keep-alive idle time).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from service.api import create_app
     from service.api.drain import serve
+    from service.auth import KeyFileError
     from service.settings import Settings
 
     if args.log_level not in LOG_LEVELS:  # argparse checks choices on the command line only
@@ -52,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if not settings.models_dir.is_dir():
         return fail(f"models directory not found: {settings.models_dir}")
     logging.getLogger("service").setLevel(args.log_level.upper())
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except KeyFileError as exc:
+        return fail(f"DIFFMAMBA_API_KEYS_FILE: {exc}")
     serve(app, app.state.service, host=args.host, port=args.port, log_level=args.log_level)
     return 0
