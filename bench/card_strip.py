@@ -7,8 +7,8 @@ each panel labelled with its PSNR against the clean crop. For ``--task sr`` the 
 generator (``bicubic`` or ``second-order``, seeded as ``diffmamba eval --task sr`` seeds them) and
 the rows are ``bicubic ×4 | restored ×4 | clean``.
 
-    python bench/card_strip.py --task derain --checkpoint models/derain-vmambair.safetensors \\
-        --cell screen-light --output models/derain-vmambair.png
+    python bench/card_strip.py --task derain --checkpoint models/derain.safetensors \\
+        --cell screen-light --output models/derain.png
     python bench/card_strip.py --task sr --checkpoint models/sr.safetensors \\
         --cell second-order --size 128 --output models/sr.png
 """

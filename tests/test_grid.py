@@ -307,7 +307,7 @@ def test_cli_grid_on_the_real_photos(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["derain.safetensors", "derain-vmambair.safetensors"])
+@pytest.mark.parametrize("model", ["derain.safetensors", "derain-diffmamba.safetensors"])
 def test_grid_on_a_shipped_model(model: str, tmp_path: Path) -> None:
     pytest.importorskip("skimage")
     path = Path(__file__).parents[1] / "models" / model
