@@ -7,7 +7,7 @@ import contextlib
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -34,11 +34,13 @@ from service.imaging import (
     to_tensor,
 )
 from service.restoration import TilingPolicy, open_session
-from service.runtime.batched import Progress, run_session_batched
+from service.runtime.batched import run_session_batched
 from service.runtime.task import TaskModel
 
 router = APIRouter()
 T = TypeVar("T")
+Progress = Callable[[int, int, int], None]
+"""``progress(passes_done, passes_total, tiles)`` in network passes of one tile."""
 DISCONNECT_POLL_S = 0.25
 SEED_MAX = 2**63 - 1
 OUTPUT_FORMATS = ("png", "jpeg", "webp")  # the values of `format=` (restore_endpoint)
@@ -215,8 +217,15 @@ async def restore_upload(state: ServiceState, task_name: str, upload: DecodedUpl
     deadline = time.monotonic() + settings.request_timeout_s
     session = await asyncio.to_thread(open_session, kind, to_tensor(image), policy,
                                       steps=steps, seed=seed)
+    tiles = session.num_tiles
+    on_round = None
+    if progress is not None:
+        def on_round(done: int, rounds: int) -> None:
+            progress(done * tiles, rounds * tiles, tiles)
+
+        on_round(0, session.rounds)
     work = run_session_batched(model, session, deadline=deadline, timing=timing,
-                               progress=progress)
+                               progress=on_round)
     try:
         restored = await (work if request is None else _cancel_on_disconnect(request, work))
     except QueueFullError as exc:
