@@ -7,6 +7,7 @@ once, finish every request it already accepted, refuse new ones with a retryable
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -48,11 +49,16 @@ def _in_flight(base: str) -> float:
 
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    with _serve(tmp_path, DIFFMAMBA_DRAIN_TIMEOUT_S="60") as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _serve(tmp_path: Path, **env_overrides: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "DIFFMAMBA_TILE_SIZE": "32", "DIFFMAMBA_TILE_OVERLAP": "8",
-           "DIFFMAMBA_MAX_QUEUE_DELAY_MS": "20", "DIFFMAMBA_MAX_BATCH": "16",
-           "DIFFMAMBA_DRAIN_TIMEOUT_S": "60"}
+           "DIFFMAMBA_MAX_QUEUE_DELAY_MS": "20", "DIFFMAMBA_MAX_BATCH": "16", **env_overrides}
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--port", str(port),
          "--models", str(make_models_dir(tmp_path)), "--device", "cpu", "--log-level", "info"],
@@ -125,6 +131,44 @@ def test_sigterm_drains_accepted_requests_then_exits_0(
     assert "draining" in out and "drained" in out
     with pytest.raises(httpx.HTTPError):  # and the port is closed afterwards
         httpx.get(f"{base}/healthz", timeout=1)
+
+
+def test_drain_timeout_answers_json_503_and_exits_0(tmp_path: Path) -> None:
+    """Requests still running when the drain runs out of time get a retryable JSON 503, not
+    uvicorn's plain-text 500 from cancelling them."""
+    with _serve(tmp_path, DIFFMAMBA_DRAIN_TIMEOUT_S="1") as (proc, base):
+        results: list[httpx.Response | BaseException] = []
+
+        def endless() -> None:  # 25 tiles x 50 steps: far longer than the drain timeout
+            try:
+                results.append(httpx.post(
+                    f"{base}/restore", params={"task": "derain", "steps": 50, "seed": 0},
+                    content=png_bytes(random_image(SLOW_SIZE, SLOW_SIZE)),
+                    headers={"Content-Type": "image/png", "X-Request-ID": "cut-off-1"},
+                    timeout=60))
+            except BaseException as exc:
+                results.append(exc)
+
+        client = threading.Thread(target=endless)
+        client.start()
+        deadline = time.monotonic() + 20
+        while _in_flight(base) < 1:
+            assert time.monotonic() < deadline, "the request never got in flight"
+            time.sleep(0.02)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        client.join(timeout=30)
+        answered = time.monotonic() - signalled
+        out, _ = proc.communicate(timeout=30)
+        (r,) = results
+        assert isinstance(r, httpx.Response), f"no answer: {r!r}\n{out}"
+        assert r.status_code == 503 and r.headers["content-type"] == "application/json", r.text
+        assert r.json()["error"] == "draining" and int(r.headers["retry-after"]) >= 1
+        assert r.headers["x-request-id"] == "cut-off-1"
+        assert answered < 1 + 3, f"answered {answered:.1f} s after SIGTERM"
+        assert proc.returncode == 0, out
+        assert "drain timeout" in out
+        assert "Traceback" not in out and "Exception in ASGI application" not in out, out
 
 
 def _state(drain_timeout: float) -> ServiceState:
