@@ -51,11 +51,12 @@ COPY service ./service
 
 # --no-build-isolation: the CUDA extensions must build against the torch above, not a fresh one.
 # "." is this project: its dependencies are bounded in pyproject.toml (DL3013).
+# [redis]: the job store shared by replicas (docker/compose.yaml, k8s/).
 # hadolint ignore=DL3013
-RUN pip install --no-build-isolation ".[cuda]" \
+RUN pip install --no-build-isolation ".[cuda]" ".[redis]" \
     && pip install "onnx==${ONNX_VERSION}" "onnxruntime-gpu==${ONNXRUNTIME_VERSION}" \
     && if [ "${WITH_TENSORRT}" = "1" ]; then pip install "tensorrt==${TENSORRT_VERSION}"; fi \
-    && python -c "import mamba_ssm, causal_conv1d, onnxruntime; print('cuda extras ok')"
+    && python -c "import mamba_ssm, causal_conv1d, onnxruntime, redis; print('cuda extras ok')"
 
 
 FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-${UBUNTU_VERSION} AS runtime

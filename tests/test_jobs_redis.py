@@ -205,3 +205,37 @@ def test_a_killed_replica_has_its_job_failed_after_the_lease(
     assert events[-1][1]["state"] == "failed"
     gone = httpx.get(f"{b.url}/v1/jobs/{job['id']}/result", timeout=10)
     assert gone.status_code == 409 and gone.json()["error"] == "job_failed"
+
+
+def test_deployment_files_point_the_replicas_at_their_redis() -> None:
+    """compose and Kubernetes: the store URL names the Redis service and port they define."""
+    import shutil
+    from urllib.parse import urlsplit
+
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    for name in ("diffmamba", "diffmamba-gpu"):
+        store = urlsplit(services[name]["environment"]["DIFFMAMBA_JOB_STORE"])
+        assert store.scheme == "redis" and store.hostname in services
+        assert services[name]["depends_on"][store.hostname]["condition"] == "service_healthy"
+        assert services[store.hostname]["image"].startswith("redis:")
+        assert f"{store.port}" == "6379"  # redis-server's default, as the command leaves it
+
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed: Kubernetes half not checked")
+    for overlay in ("base", "overlays/cpu", "overlays/gpu"):
+        out = subprocess.run(["kubectl", "kustomize", str(REPO / "k8s" / overlay)],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+        store = urlsplit(docs[("ConfigMap", "diffmamba-config")]["data"]["DIFFMAMBA_JOB_STORE"])
+        service = docs[("Service", store.hostname)]
+        port = next(p for p in service["spec"]["ports"] if p["port"] == store.port)
+        redis = docs[("Deployment", store.hostname)]["spec"]["template"]
+        assert service["spec"]["selector"].items() <= redis["metadata"]["labels"].items()
+        (container,) = redis["spec"]["containers"]
+        assert port["targetPort"] in {p["name"] for p in container["ports"]}
+        # The app's own Service must not select the Redis pods (nor the reverse).
+        app = docs[("Service", "diffmamba")]["spec"]["selector"]
+        assert not app.items() <= redis["metadata"]["labels"].items()
