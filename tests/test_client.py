@@ -27,6 +27,7 @@ from service.client import (
     NotFound,
     RateLimited,
     ServiceError,
+    Unauthorized,
     Unavailable,
 )
 
@@ -191,3 +192,26 @@ def test_api_key_header_and_429() -> None:
     finally:
         front.shutdown()
         front.server_close()
+
+
+def test_api_key_is_sent_and_jobs_belong_to_their_key(tmp_path: Path) -> None:
+    from service.auth import create_key
+
+    keys = tmp_path / "api-keys.json"
+    alice, _ = create_key(keys, "alice")
+    bob, _ = create_key(keys, "bob")
+    models = make_models_dir(tmp_path)
+    with LiveServer(models, **SETTINGS, api_keys_file=keys) as srv, \
+            Client(srv.url, api_key=alice, timeout=60) as mine, \
+            Client(srv.url, api_key=bob, timeout=60, retries=0) as other, \
+            Client(srv.url, timeout=60, retries=0) as anonymous:
+        job = mine.submit(png_bytes(random_image(16, 16)), steps=1, seed=0)
+        assert mine.wait(job, timeout=30)[:4] == b"\x89PNG"
+        with pytest.raises(NotFound):
+            other.status(job)
+        with pytest.raises(NotFound):
+            other.cancel(job)
+        with pytest.raises(Unauthorized) as refused:
+            anonymous.status(job)
+        assert refused.value.status == 401
+        assert mine.status(job)["state"] == "succeeded"

@@ -67,11 +67,18 @@ def _store_errors(manager: JobManager) -> Iterator[None]:
                        {"Retry-After": "2"}) from exc
 
 
-async def _record(manager: JobManager, job_id: str) -> JobRecord:
+def _caller(request: Request) -> str | None:
+    """The API key's name (set by the auth middleware), None without keys."""
+    return request.scope.get("state", {}).get("api_key")
+
+
+async def _record(request: Request, manager: JobManager, job_id: str) -> JobRecord:
     record = None
     if JOB_ID.fullmatch(job_id):
         with _store_errors(manager):
             record = await manager.store.get(job_id)
+    if record is not None and record.client_key not in (None, _caller(request)):
+        record = None  # another key's job: as if it did not exist
     if record is None:
         raise ApiError(404, "job_not_found",
                        f"no job {job_id!r}: unknown, or expired (results are kept"
@@ -128,7 +135,7 @@ async def submit_job(request: Request, task: str, steps: int | None, seed: int |
     job_id = uuid.uuid4().hex
     # The seed is fixed now, so the status shows it and the result is reproducible.
     seed = secrets.randbelow(2**31) if seed is None and model.kind.takes_timestep else seed
-    record = JobRecord(id=job_id, task=model.name, webhook=webhook,
+    record = JobRecord(id=job_id, task=model.name, webhook=webhook, client_key=_caller(request),
                        params={"steps": steps, "seed": seed, "format": fmt, "tile": tile})
     given = request.headers.get("x-request-id", "")
     rid = given if given and len(given) <= 128 and given.isprintable() else job_id
@@ -161,7 +168,7 @@ async def create_job(
 @router.get("/{job_id}", summary="A job's state, progress, timings and error")
 async def get_job(request: Request, job_id: str) -> JSONResponse:
     manager = _manager(_state(request))
-    return JSONResponse(_view(manager, await _record(manager, job_id)))
+    return JSONResponse(_view(manager, await _record(request, manager, job_id)))
 
 
 @router.get("/{job_id}/result", response_class=Response,
@@ -169,7 +176,7 @@ async def get_job(request: Request, job_id: str) -> JSONResponse:
             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
 async def get_result(request: Request, job_id: str) -> Response:
     manager = _manager(_state(request))
-    record = await _record(manager, job_id)
+    record = await _record(request, manager, job_id)
     if record.state != SUCCEEDED:
         if record.state in (FAILED, CANCELLED):
             assert record.error is not None
@@ -189,7 +196,7 @@ async def get_result(request: Request, job_id: str) -> Response:
 @router.delete("/{job_id}", summary="Cancel a queued or running job")
 async def cancel_job(request: Request, job_id: str) -> JSONResponse:
     manager = _manager(_state(request))
-    await _record(manager, job_id)  # 404 first
+    await _record(request, manager, job_id)  # 404 first
     with _store_errors(manager):
         record = await manager.cancel(job_id)
     if record is None:
@@ -246,6 +253,6 @@ async def _events(state: ServiceState, manager: JobManager, job_id: str) -> Asyn
 async def job_events(request: Request, job_id: str) -> StreamingResponse:
     state = _state(request)
     manager = _manager(state)
-    await _record(manager, job_id)
+    await _record(request, manager, job_id)
     return StreamingResponse(_events(state, manager, job_id), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -148,7 +148,12 @@ class JobManager:
             while True:
                 await dirty.wait()
                 dirty.clear()
-                if not await self.store.update(record):
+                try:
+                    written = await self.store.update(record)
+                except self.store.outage_errors as exc:  # progress is best effort
+                    logger.warning("job %s: progress not recorded: %s", record.id, exc)
+                    continue
+                if not written:
                     self._lose(record.id)
                     return
 

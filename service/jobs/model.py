@@ -48,6 +48,9 @@ class JobRecord:
     #: The replica that runs the job (its lease and cancel flag are keyed by job, not replica).
     owner: str = ""
     webhook: str | None = None
+    #: The name of the API key that submitted the job: only that key may see it (None: no
+    #: keys configured, so anyone holding the id may).
+    client_key: str | None = None
     #: Of the stored result: media type, the /restore headers, size in bytes.
     media_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
