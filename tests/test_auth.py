@@ -226,3 +226,42 @@ def test_keys_are_never_logged(models: Path, keys: Path,
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "secret-holder" in text  # the name is what identifies a key in the log
     assert key not in text and key[4:20] not in text
+
+
+# ---------------------------------------------------------------------------------- deployment
+
+
+def test_kubernetes_mounts_the_keys_secret_where_the_setting_points() -> None:
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parent.parent
+    deployment = yaml.safe_load((root / "k8s" / "base" / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    keys_file = Path(env["DIFFMAMBA_API_KEYS_FILE"])
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(keys_file.parent))
+    assert mount["readOnly"] is True and "subPath" not in mount  # subPath mounts never update
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "diffmamba-api-keys"
+    assert "items" not in volume["secret"]  # every key of the Secret, named as in it
+    readme = (root / "README.md").read_text()
+    assert f"kubectl create secret generic {volume['secret']['secretName']}" in readme
+    assert f"--from-file={keys_file.name}=" in readme
+
+
+def test_compose_passes_the_keys_file_as_a_secret() -> None:
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parent.parent
+    compose = yaml.safe_load((root / "docker" / "compose.yaml").read_text())
+    for name in ("diffmamba", "diffmamba-gpu"):
+        service = compose["services"][name]
+        (secret,) = service["secrets"]
+        assert secret["source"] in compose["secrets"]
+        target = secret["target"]
+        assert service["environment"]["DIFFMAMBA_API_KEYS_FILE"] == f"/run/secrets/{target}"
+    source = compose["secrets"]["api-keys"]["file"]
+    default = source.split(":-", 1)[1].rstrip("}")  # ${DIFFMAMBA_API_KEYS_HOST_FILE:-...}
+    ignored = (root / ".gitignore").read_text().splitlines()
+    assert "/docker/" + default.removeprefix("./") in ignored  # a local keys file stays local
+    assert f"diffmamba keys create --file docker/{default.removeprefix('./')}" in \
+        (root / "README.md").read_text()
