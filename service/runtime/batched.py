@@ -15,8 +15,8 @@ from service.batching import StepTiming
 from service.restoration import RestorationSession
 from service.runtime.task import TaskModel
 
-Progress = Callable[[int, int, int], None]
-"""``progress(passes_done, passes_total, tiles)``."""
+RoundCallback = Callable[[int, int], None]
+"""``progress(done_rounds, rounds)`` after each round, on the event loop."""
 
 
 async def run_session_batched(
@@ -25,24 +25,17 @@ async def run_session_batched(
     *,
     deadline: float,
     timing: StepTiming,
-    progress: Progress | None = None,
+    progress: RoundCallback | None = None,
 ) -> torch.Tensor:
-    """-> the restored (1, 3, sH, sW) in [0, 1]; session state work runs off the event loop.
-
-    ``progress(passes_done, passes_total, tiles)`` is called on the loop before the first
-    round and after each, in network passes of one tile (what async jobs report).
-    """
+    """-> the restored (1, 3, sH, sW) in [0, 1]; session state work runs off the event loop."""
     if task.batcher is None:
         raise RuntimeError(f"task {task.name} has no running batcher")
-    tiles, total = session.num_tiles, session.num_tiles * session.rounds
-    done = 0
-    if progress is not None:
-        progress(done, total, tiles)
+    done_rounds = 0
     while not session.done:
         inputs, times = await asyncio.to_thread(session.round_inputs)
         outputs = await task.batcher.submit_many(inputs, times, deadline=deadline, timing=timing)
         await asyncio.to_thread(session.advance, outputs)
-        done += len(outputs)
+        done_rounds += 1
         if progress is not None:
-            progress(done, total, tiles)
+            progress(done_rounds, session.rounds)
     return await asyncio.to_thread(session.result)
