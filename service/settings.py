@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         512 * 512, ge=1, description="single-pass models run whole images up to this size"
     )
     drain_timeout_s: float = Field(30.0, ge=0)
+    memory_budget_mb: int | None = Field(
+        None, ge=64, description="resident memory the process may use; requests reserve their "
+        "estimated peak from it before decoding (default: 75% of the cgroup limit, else of RAM)")
     # HTTP limits (service.api.connection, service.api.timeouts): slow or idle clients.
     header_timeout_s: float = Field(10.0, gt=0, description="a request line and headers must"
                                     " arrive within this; else 408 and the connection closes")

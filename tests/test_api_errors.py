@@ -226,14 +226,31 @@ def test_load_failure_is_not_exposed(tmp_path: Path, caplog: pytest.LogCaptureFi
 
 
 def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
+    """Every request in flight holds at least one queue slot: with one slot, a second request
+    while the first runs is refused at once; the first, 25 tiles through a 1-tile queue, is
+    served."""
+    import threading
+    import time
+
     with started_client(make_models_dir(tmp_path), tile_size=16, tile_overlap=8,
-                        max_queue_size=2) as c:
+                        max_queue_size=1) as c:
         wait_ready(c)
+        batcher = c.app.state.service.tasks["derain"].batcher
         big = png_bytes(random_image(48, 48))  # 25 tiles of 16: more than the queue holds
-        r = c.post("/restore", params={"task": "derain", "steps": 1}, content=big, headers=PNG)
+        first: list[int] = []
+        worker = threading.Thread(target=lambda: first.append(c.post(
+            "/restore", params={"task": "derain", "steps": 20}, content=big,
+            headers=PNG).status_code))
+        worker.start()
+        deadline = time.monotonic() + 60
+        while batcher.stats()["streams"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        r = c.post("/restore", params={"task": "derain", "steps": 1}, content=GOOD, headers=PNG)
+        worker.join(120)
         assert r.status_code == 503
         assert r.json()["error"] == "queue_full"
         assert int(r.headers["retry-after"]) >= 1
+        assert first == [200]
 
 
 def test_deadline_is_504(tmp_path: Path) -> None:

@@ -1,4 +1,11 @@
-"""``POST /restore``: HTTP -> decode/validate -> tiles -> batcher -> sampler -> blend -> encode."""
+"""``POST /restore``: HTTP -> header -> memory admission -> decode/validate -> tiles -> batcher ->
+sampler -> blend -> encode.
+
+``decode_upload`` and ``restore_upload`` are the path /restore and async jobs share; admission by
+memory (service.runtime.admission) is inside them, so every request that holds an image is
+admitted: /restore reserves its estimated peak once, before decoding; a job reserves while it
+decodes at submit and again while it computes.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,11 @@ import contextlib
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+import torch
 from fastapi import APIRouter, Query, Request, Response
 
 from service.api.body import read_image_upload
@@ -27,14 +35,21 @@ from service.imaging import (
     DecodedImage,
     ImageError,
     check_encodable,
-    decode_image,
     encode_image,
-    from_tensor,
     scaled_like,
-    to_tensor,
 )
-from service.restoration import TilingPolicy, open_session
+from service.restoration import open_session
+from service.runtime.admission import AdmissionTimeout, MemoryAdmission, TooLargeForMemory
 from service.runtime.batched import run_session_batched
+from service.runtime.memory import MemoryEstimate
+from service.runtime.pipeline import (
+    decode_compact,
+    estimate_for,
+    header_estimate,
+    returning_memory,
+    tiling_policy,
+    to_hwc,
+)
 from service.runtime.task import TaskModel
 
 router = APIRouter()
@@ -167,38 +182,122 @@ async def _restore(request: Request, state: ServiceState, task_name: str, steps:
                    seed: int | None, fmt: str | None, tile: int | None, rid: str) -> Response:
     t0 = time.perf_counter()
     body = await read_image_upload(request, state.settings.max_upload_bytes)
-    upload = await decode_upload(state, task_name, body)
-    upload.decode_s = time.perf_counter() - t0  # Server-Timing's decode includes the upload
-    return await restore_upload(state, task_name, upload, steps, seed, fmt, tile, rid,
-                                request=request)
+    deadline = time.monotonic() + state.settings.request_timeout_s
+    estimate = upload_estimate(state, task_name, tile, body)
+    # One reservation of the whole peak, before a pixel is decoded (unless the header could
+    # not be read: then decode_upload reports the error, or admits the decoded size itself).
+    async with _admitted(state, estimate, deadline):
+        upload = await decode_upload(state, task_name, body, tile=tile,
+                                     admitted=estimate is not None)
+        upload.decode_s = time.perf_counter() - t0  # Server-Timing's decode includes the upload
+        return await restore_upload(state, task_name, upload, steps, seed, fmt, tile, rid,
+                                    request=request, admitted=estimate is not None)
 
 
 @dataclass
 class DecodedUpload:
+    """A validated upload: ``image`` keeps the metadata the encoder needs (its float pixels are
+    dropped), ``pixels`` the compact (1, 3, H, W) condition (uint8 for 8-bit images)."""
+
     image: DecodedImage
     decode_s: float
+    pixels: torch.Tensor | None = None
+    estimate: MemoryEstimate | None = None
 
 
-async def decode_upload(state: ServiceState, task_name: str, body: bytes) -> DecodedUpload:
-    """The uploaded bytes, validated and decoded (4xx ApiError for bad input)."""
-    settings = state.settings
-    t0 = time.perf_counter()
+def _admission(state: ServiceState) -> MemoryAdmission:
+    if state.admission is None:
+        raise ApiError(503, "not_ready", "models are still loading", {"Retry-After": "5"})
+    return state.admission
+
+
+def upload_estimate(state: ServiceState, task_name: str, tile: int | None,
+                    body: bytes) -> MemoryEstimate | None:
+    """The request's estimated peak from the upload's header (None if unreadable); 413
+    ``too_large_for_memory`` at once if it could never fit the memory budget."""
+    header, estimate = header_estimate(state.tasks[task_name], state.settings, tile, body)
+    scale = state.tasks[task_name].kind.scale
+    if header is not None and header.width * header.height * scale * scale > \
+            state.settings.max_pixels:
+        return None  # over max_pixels: the decoder refuses it from the header (image_too_large)
+    if estimate is not None:
+        _check_fits(state, estimate)
+    return estimate
+
+
+def _check_fits(state: ServiceState, estimate: MemoryEstimate) -> None:
     try:
-        image = await asyncio.to_thread(
-            decode_image, body, max_pixels=settings.max_pixels,
-            max_bytes=settings.max_upload_bytes, output_scale=state.tasks[task_name].kind.scale,
-        )
+        _admission(state).check(estimate.peak)
+    except TooLargeForMemory as exc:
+        raise ApiError(413, "too_large_for_memory", str(exc)) from exc
+
+
+@contextlib.asynccontextmanager
+async def _admitted(state: ServiceState, estimate: MemoryEstimate | None,
+                    deadline: float) -> AsyncIterator[None]:
+    """Hold ``estimate`` of the memory budget (nothing for None), then return freed memory."""
+    if estimate is None:
+        yield
+        return
+    async with returning_memory(estimate):
+        try:
+            async with _admission(state).reserve(estimate.peak, deadline):
+                yield
+        except TooLargeForMemory as exc:
+            raise ApiError(413, "too_large_for_memory", str(exc)) from exc
+        except AdmissionTimeout as exc:
+            raise ApiError(504, "timeout", f"not started within "
+                           f"{state.settings.request_timeout_s:g} s: {exc}") from exc
+
+
+async def decode_upload(state: ServiceState, task_name: str, body: bytes, *,
+                        tile: int | None = None, admitted: bool = False) -> DecodedUpload:
+    """The uploaded bytes, validated, decoded and compacted (4xx ApiError for bad input).
+
+    Unless the caller holds the request's reservation (``admitted``), the decoding holds one of
+    its own: 413 ``too_large_for_memory`` before decoding if the image could never fit.
+    """
+    settings = state.settings
+    model = state.tasks[task_name]
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + settings.request_timeout_s
+    estimate = None if admitted else upload_estimate(state, task_name, tile, body)
+    try:
+        async with _admitted(state, estimate, deadline):
+            compact = await asyncio.to_thread(decode_compact, body, settings, model.kind.scale)
     except ImageError as exc:
         raise ApiError(exc.status, exc.error, exc.detail) from exc
-    return DecodedUpload(image, time.perf_counter() - t0)
+    estimate = estimate_for(model, settings, tile, compact.height, compact.width,
+                            eight_bit=compact.pixels.dtype == torch.uint8)
+    if not admitted:
+        _check_fits(state, estimate)  # an unreadable header: known only now
+    return DecodedUpload(compact.like, time.perf_counter() - t0, compact.pixels, estimate)
 
 
 async def restore_upload(state: ServiceState, task_name: str, upload: DecodedUpload,
                          steps: int | None, seed: int | None, fmt: str | None, tile: int | None,
                          rid: str, *, request: Request | None = None,
-                         progress: Progress | None = None) -> Response:
+                         progress: Progress | None = None, admitted: bool = False) -> Response:
     """Tiles -> batcher -> encode for one decoded image: the response of /restore, and what an
-    async job stores. With ``request``, its tiles are cancelled if that client disconnects."""
+    async job stores. With ``request``, its tiles are cancelled if that client disconnects.
+    Unless the caller holds the request's memory reservation (``admitted``), the work holds
+    one, waiting for it up to the request's deadline."""
+    settings = state.settings
+    deadline = time.monotonic() + settings.request_timeout_s
+    estimate = None if admitted else upload.estimate
+    if estimate is None and not admitted:
+        raise RuntimeError("an upload without an estimate: decode it with decode_upload")
+    t_wait = time.perf_counter()
+    async with _admitted(state, estimate, deadline):
+        upload.decode_s += time.perf_counter() - t_wait  # shown as decode: waiting for memory
+        return await _restore_admitted(state, task_name, upload, steps, seed, fmt, tile, rid,
+                                       request, progress, deadline)
+
+
+async def _restore_admitted(state: ServiceState, task_name: str, upload: DecodedUpload,
+                            steps: int | None, seed: int | None, fmt: str | None,
+                            tile: int | None, rid: str, request: Request | None,
+                            progress: Progress | None, deadline: float) -> Response:
     settings = state.settings
     model = state.tasks[task_name]
     kind = model.kind
@@ -209,14 +308,13 @@ async def restore_upload(state: ServiceState, task_name: str, upload: DecodedUpl
 
     seed = secrets.randbelow(2**31) if seed is None else seed
     steps = steps or model.default_steps
-    tile_size = tile or settings.tile_size
-    policy = TilingPolicy(tile=tile_size, overlap=min(settings.tile_overlap, tile_size - 8),
-                          whole_max_pixels=settings.whole_image_max_pixels,
-                          force_tiles=tile is not None)
+    policy = tiling_policy(settings, tile)
     timing = StepTiming()
-    deadline = time.monotonic() + settings.request_timeout_s
-    session = await asyncio.to_thread(open_session, kind, to_tensor(image), policy,
-                                      steps=steps, seed=seed)
+    if upload.pixels is None:
+        raise RuntimeError("an upload without pixels: decode it with decode_upload")
+    # The session stores the compact condition as it is (no copy); a retried job reuses it.
+    session = await asyncio.to_thread(open_session, kind, upload.pixels, policy, steps=steps,
+                                      seed=seed)
     tiles = session.num_tiles
     on_round = None
     if progress is not None:
@@ -240,11 +338,13 @@ async def restore_upload(state: ServiceState, task_name: str, upload: DecodedUpl
         raise ApiError(500, "inference_failed", str(exc)) from exc
     tiles = session.num_tiles
     state.metrics.tiles_per_request.labels(task=task_name).observe(tiles)
+    rgb = await asyncio.to_thread(to_hwc, restored)
+    del restored, session  # the whole-image state goes before encoding
     t_computed = time.perf_counter()
 
     try:
         data, media_type = await asyncio.to_thread(
-            encode_image, from_tensor(restored), scaled_like(image, kind.scale), fmt
+            encode_image, rgb, scaled_like(image, kind.scale), fmt
         )
     except (ImageError, ValueError) as exc:
         raise ApiError(422, "encode_failed", str(exc)) from exc

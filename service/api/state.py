@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from service.jobs import JobManager, build_job_manager
 from service.metrics import ServiceMetrics
 from service.runtime import TaskModel, load_tasks, start_batcher
+from service.runtime.admission import MemoryAdmission
+from service.runtime.budget import process_admission
 from service.settings import Settings
 
 logger = logging.getLogger("service.api")
@@ -37,6 +39,8 @@ class ServiceState:
     settings: Settings
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     tasks: dict[str, TaskModel] = field(default_factory=dict)
+    # Memory admission of requests (service.runtime.admission); set once the tasks are loaded.
+    admission: MemoryAdmission | None = None
     ready: bool = False
     draining: bool = False
     load_error: str | None = None
@@ -83,6 +87,7 @@ class ServiceState:
         """Runs in the background at start-up; /readyz turns 200 only when this finishes."""
         try:
             tasks = await asyncio.to_thread(load_tasks, self.settings)
+            self.admission = await asyncio.to_thread(process_admission, self.settings, tasks)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("model loading failed: %s", self.load_error)

@@ -4,7 +4,7 @@ See :mod:`service.batching.batcher` for the semantics; errors map to HTTP answer
 described in :mod:`service.batching.errors`.
 """
 
-from service.batching.batcher import DynamicBatcher, RunBatch, StepTiming
+from service.batching.batcher import BatchStream, DynamicBatcher, LazyInput, RunBatch, StepTiming
 from service.batching.errors import (
     BatcherClosedError,
     BatcherError,
@@ -29,11 +29,13 @@ __all__ = [
     "DROP_ERROR",
     "DROP_QUEUE_FULL",
     "BatchExecutionError",
+    "BatchStream",
     "BatcherClosedError",
     "BatcherError",
     "BatcherObserver",
     "DeadlineExceededError",
     "DynamicBatcher",
+    "LazyInput",
     "NullObserver",
     "QueueFullError",
     "RunBatch",

@@ -16,6 +16,14 @@ small latency cost. The design choices, in short:
   batch is running its items get their results even if the deadline passes meanwhile.
 * Cancelling an awaiter removes its queued items; results of its running items are discarded.
 * A failing ``run_batch`` fails only the items of that batch (``BatchExecutionError``).
+* A request with more items than the queue holds submits through a :class:`BatchStream`: its
+  items wait in the stream and enter the queue in windows, each active stream holding at most
+  an equal share of ``max_queue_size`` and refilled round-robin as batches free slots. So the
+  queue bounds queued work, not image size, and a large request cannot starve a small one.
+  Every open stream needs a slot: one more stream than ``max_queue_size`` is ``QueueFullError``.
+* An item may be a :class:`LazyInput`: its tensor is made, and its output consumed, in the
+  executor thread around the pass, so a request's whole-image state never has to exist as a
+  list of every tile's input and output at once.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from service.batching.observer import (
     NullObserver,
 )
 
-__all__ = ["DynamicBatcher", "RunBatch"]
+__all__ = ["BatchStream", "DynamicBatcher", "LazyInput", "RunBatch"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +68,29 @@ RunBatch = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 with respect to the event loop (it is only ever called from the batcher's executor)."""
 
 _Key = tuple[tuple[int, ...], torch.dtype, torch.device]
+_CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True, eq=False)
+class LazyInput:
+    """An item whose input is made when its batch runs, and whose output is consumed there.
+
+    ``make()`` returns the input tensor of ``shape`` (``dtype``, ``device``); ``consume(out)``,
+    when given, takes the output row and its return value becomes the item's result. Both run
+    in the batcher's executor thread, never on the event loop, one item after another.
+    """
+
+    shape: tuple[int, ...]
+    make: Callable[[], torch.Tensor]
+    consume: Callable[[torch.Tensor], Any] | None = None
+    dtype: torch.dtype = torch.float32
+    device: torch.device = _CPU
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+
+Input = torch.Tensor | LazyInput
 
 _COUNTERS = (
     "batches",  # successful network passes
@@ -77,10 +108,10 @@ _EWMA_ALPHA = 0.2  # weight of the newest batch in the run-time average used for
 
 @dataclass(eq=False)  # identity equality: deque.remove must remove exactly this item
 class _Item:
-    x: torch.Tensor
+    x: Input
     t: float
     key: _Key
-    future: asyncio.Future[torch.Tensor]
+    future: asyncio.Future[Any]
     enqueued_at: float
     deadline: float | None
     seq: int
@@ -88,6 +119,8 @@ class _Item:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     started_at: float | None = None
     finished_at: float | None = None
+    stream: BatchStream | None = field(default=None, repr=False)
+    pending: bool = False  # waiting in its stream for a queue slot
 
 
 @dataclass
@@ -108,6 +141,51 @@ class StepTiming:
             return
         self.queue_s += max(0.0, min(started) - min(it.enqueued_at for it in items))
         self.compute_s += max(0.0, max(finished) - min(started))
+
+
+class BatchStream:
+    """One request's share of a batcher's queue: its items enter the queue in windows.
+
+    Open with ``DynamicBatcher.open_stream()`` and use as a context manager; ``submit_many``
+    behaves like the batcher's (results in input order, all-or-nothing, deadlines,
+    cancellation) but never fails for want of queue room: items beyond the stream's share wait
+    in the stream (back-pressure) until batches free slots.
+    """
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self._batcher = batcher
+        self._pending: deque[_Item] = deque()
+        self.queued = 0  # items of this stream in the batcher's queue
+        self.closed = False
+
+    @property
+    def pending(self) -> int:
+        """Items submitted but still waiting in the stream for a queue slot."""
+        return len(self._pending)
+
+    async def submit_many(
+        self,
+        xs: Sequence[Input],
+        ts: Sequence[float | torch.Tensor],
+        *,
+        deadline: float | None = None,
+        timing: StepTiming | None = None,
+    ) -> list[Any]:
+        if self.closed:
+            raise RuntimeError("the stream is closed")
+        return await self._batcher._submit(xs, ts, deadline, timing, self)
+
+    def close(self) -> None:
+        """Drop whatever is still waiting and give the stream's share back (idempotent)."""
+        if not self.closed:
+            self.closed = True
+            self._batcher._close_stream(self)
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class DynamicBatcher:
@@ -163,6 +241,8 @@ class DynamicBatcher:
         )
 
         self._queues: dict[_Key, deque[_Item]] = {}
+        self._streams: list[BatchStream] = []
+        self._rr = 0  # where the next refill starts among the streams (round-robin)
         self._depth = 0
         self._in_flight = 0
         self._seq = itertools.count()
@@ -246,6 +326,8 @@ class DynamicBatcher:
             "max_queue_size": self._max_queue_size,
             "batch_sizes": list(self._batch_sizes) if self._batch_sizes else None,
             "closed": self._closed,
+            "streams": len(self._streams),
+            "pending": sum(s.pending for s in self._streams),
             **self._counts,
             "avg_batch_size": self._counts["items"] / batches if batches else 0.0,
             "ewma_run_s": self._ewma_run_s,
@@ -265,23 +347,57 @@ class DynamicBatcher:
 
     async def submit_many(
         self,
-        xs: Sequence[torch.Tensor],
+        xs: Sequence[Input],
         ts: Sequence[float | torch.Tensor],
         *,
         deadline: float | None = None,
         timing: StepTiming | None = None,
-    ) -> list[torch.Tensor]:
+    ) -> list[Any]:
         """Run a group of items (a request's tiles at one step); results in input order.
 
         All-or-nothing: the group is admitted to the queue as a whole or rejected with
         ``QueueFullError``; if any item fails, the others are dropped (queued ones removed,
         running ones' results discarded) and the first failure in input order is raised.
+        A group that may be larger than the queue goes through ``open_stream()`` instead.
         """
+        return await self._submit(xs, ts, deadline, timing, None)
+
+    def open_stream(self) -> BatchStream:
+        """A stream for one request's items; ``QueueFullError`` when every slot is held.
+
+        Each open stream is owed at least one queue slot, so at most ``max_queue_size``
+        streams are open at once; the next one is refused at once, like a full queue.
+        """
+        if self._closed:
+            raise BatcherClosedError(f"batcher {self.name!r} is stopped")
+        if len(self._streams) >= self._max_queue_size:
+            self._counts["rejected"] += 1
+            self._notify_drop(DROP_QUEUE_FULL, 1)
+            raise QueueFullError(
+                f"batcher {self.name!r} queue full ({len(self._streams)} requests hold all "
+                f"{self._max_queue_size} slots)",
+                retry_after_s=self._retry_after_s(),
+                queue_depth=self._depth,
+                max_queue_size=self._max_queue_size,
+            )
+        self.start()
+        stream = BatchStream(self)
+        self._streams.append(stream)
+        return stream
+
+    async def _submit(
+        self,
+        xs: Sequence[Input],
+        ts: Sequence[float | torch.Tensor],
+        deadline: float | None,
+        timing: StepTiming | None,
+        stream: BatchStream | None,
+    ) -> list[Any]:
         if len(xs) != len(ts):
             raise ValueError(f"{len(xs)} inputs but {len(ts)} timesteps")
         if not xs:
             return []
-        items = self._accept(xs, ts, deadline)
+        items = self._accept(xs, ts, deadline, stream)
         try:
             results = await self._gather(items)
         except BaseException:
@@ -293,20 +409,24 @@ class DynamicBatcher:
 
     def _accept(
         self,
-        xs: Sequence[torch.Tensor],
+        xs: Sequence[Input],
         ts: Sequence[float | torch.Tensor],
         deadline: float | None,
+        stream: BatchStream | None = None,
     ) -> list[_Item]:
-        """Validate and enqueue the whole group synchronously (no await: atomic on the loop)."""
+        """Validate and enqueue the whole group synchronously (no await: atomic on the loop).
+
+        A stream's items are parked in the stream and moved into the queue by ``_refill``.
+        """
         if self._closed:
             raise BatcherClosedError(f"batcher {self.name!r} is stopped")
         for x in xs:
-            if not isinstance(x, torch.Tensor) or x.dim() < 1:
+            if not isinstance(x, (torch.Tensor, LazyInput)) or x.dim() < 1:
                 raise TypeError(f"inputs must be tensors with >= 1 dim, got {type(x).__name__}")
         times = [float(t) for t in ts]
         self.start()
         n = len(xs)
-        if self._depth + n > self._max_queue_size:
+        if stream is None and self._depth + n > self._max_queue_size:
             self._counts["rejected"] += n
             self._notify_drop(DROP_QUEUE_FULL, n)
             raise QueueFullError(
@@ -325,21 +445,73 @@ class DynamicBatcher:
         items: list[_Item] = []
         for x, t in zip(xs, times, strict=True):
             key: _Key = (tuple(x.shape), x.dtype, x.device)
-            item = _Item(x, t, key, loop.create_future(), now, deadline, next(self._seq))
+            item = _Item(x, t, key, loop.create_future(), now, deadline, -1, stream=stream)
             if deadline is not None:
                 # loop.time() is monotonic-based but may differ in origin: convert relatively.
                 item.timer = loop.call_at(loop.time() + (deadline - now), self._expire, item)
-            self._queues.setdefault(key, deque()).append(item)
             items.append(item)
-        self._depth += n
-        self._notify("on_enqueue", self._depth)
-        self._wakeup.set()
+        if stream is None:
+            for item in items:
+                self._enqueue(item, now)
+            self._notify("on_enqueue", self._depth)
+            self._wakeup.set()
+        else:
+            for item in items:
+                item.queued, item.pending = False, True
+            stream._pending.extend(items)
+            self._refill()
         return items
 
+    def _enqueue(self, item: _Item, now: float) -> None:
+        item.enqueued_at, item.seq = now, next(self._seq)
+        item.queued, item.pending = True, False
+        self._queues.setdefault(item.key, deque()).append(item)
+        self._depth += 1
+        if item.stream is not None:
+            item.stream.queued += 1
+
+    def _refill(self) -> None:
+        """Move waiting stream items into the queue: round-robin, each stream up to its share.
+
+        Called whenever slots may have freed or shares changed (a batch taken, items dropped,
+        a stream submitting or closed); synchronous, so atomic on the loop.
+        """
+        active = [s for s in self._streams if s._pending or s.queued]
+        if not active:
+            return
+        share = max(1, self._max_queue_size // len(active))
+        start = self._rr % len(active)
+        order = active[start:] + active[:start]
+        self._rr += 1
+        now = time.monotonic()
+        moved = 0
+        progress = True
+        while progress and self._depth < self._max_queue_size:
+            progress = False
+            for stream in order:
+                if self._depth >= self._max_queue_size:
+                    break
+                if stream._pending and stream.queued < share:
+                    self._enqueue(stream._pending.popleft(), now)
+                    moved += 1
+                    progress = True
+        if moved:
+            self._notify("on_enqueue", self._depth)
+            if self._wakeup is not None:
+                self._wakeup.set()
+
+    def _close_stream(self, stream: BatchStream) -> None:
+        leftover = [*stream._pending]
+        if leftover:
+            self._abandon(leftover)
+        with contextlib.suppress(ValueError):
+            self._streams.remove(stream)
+        self._refill()
+
     @staticmethod
-    async def _gather(items: list[_Item]) -> list[torch.Tensor]:
+    async def _gather(items: list[_Item]) -> list[Any]:
         futures = [it.future for it in items]
-        pending: set[asyncio.Future[torch.Tensor]] = set(futures)
+        pending: set[asyncio.Future[Any]] = set(futures)
         while pending:
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
             for fut in futures:  # first failure in input order, for determinism
@@ -354,6 +526,9 @@ class DynamicBatcher:
             if it.queued:
                 self._remove(it)
                 removed += 1
+            elif it.pending:
+                self._unpend(it)
+                removed += 1
             if not it.future.done():
                 it.future.cancel()  # a running item's result will be discarded
             elif not it.future.cancelled():
@@ -361,6 +536,7 @@ class DynamicBatcher:
         if removed:
             self._counts["cancelled"] += removed
             self._notify_drop(DROP_CANCELLED, removed)
+            self._refill()
             if self._wakeup is not None:
                 self._wakeup.set()
 
@@ -374,6 +550,18 @@ class DynamicBatcher:
     def _dequeued(self, item: _Item) -> None:
         item.queued = False
         self._depth -= 1
+        if item.stream is not None:
+            item.stream.queued -= 1
+        if item.timer is not None:
+            item.timer.cancel()
+            item.timer = None
+
+    def _unpend(self, item: _Item) -> None:
+        """Take a still-waiting item out of its stream (it never reached the queue)."""
+        assert item.stream is not None
+        item.pending = False
+        with contextlib.suppress(ValueError):
+            item.stream._pending.remove(item)
         if item.timer is not None:
             item.timer.cancel()
             item.timer = None
@@ -381,15 +569,19 @@ class DynamicBatcher:
     def _expire(self, item: _Item) -> None:
         """Deadline timer: fail the item if it is still waiting."""
         item.timer = None
-        if not item.queued:
+        if item.pending:
+            self._unpend(item)
+        elif item.queued:
+            self._remove(item)
+        else:
             return
-        self._remove(item)
         self._counts["expired"] += 1
         self._notify_drop(DROP_DEADLINE, 1)
         if not item.future.done():
             item.future.set_exception(
                 DeadlineExceededError(f"deadline passed while queued in {self.name!r}")
             )
+        self._refill()
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -405,6 +597,18 @@ class DynamicBatcher:
                         BatcherClosedError(f"batcher {self.name!r} stopped before running item")
                     )
         self._queues.clear()
+        for stream in self._streams:
+            while stream._pending:
+                item = stream._pending.popleft()
+                item.pending = False
+                if item.timer is not None:
+                    item.timer.cancel()
+                    item.timer = None
+                count += 1
+                if not item.future.done():
+                    item.future.set_exception(
+                        BatcherClosedError(f"batcher {self.name!r} stopped before running item")
+                    )
         if count:
             self._counts["closed_dropped"] += count
             self._notify_drop(DROP_CLOSED, count)
@@ -428,7 +632,9 @@ class DynamicBatcher:
                     if batch:
                         await self._execute(batch)
                     continue
-                if self._closed and self._depth == 0:
+                if self._closed and self._depth == 0 and not any(
+                    s._pending for s in self._streams
+                ):
                     return
                 timeout = None if next_flush is None else max(next_flush - now, 0.0)
                 self._wakeup.clear()
@@ -472,6 +678,7 @@ class DynamicBatcher:
                 batch.append(item)
         if not queue:
             del self._queues[key]
+        self._refill()
         for item in expired:
             item.future.set_exception(
                 DeadlineExceededError(f"deadline passed while queued in {self.name!r}")
@@ -518,10 +725,21 @@ class DynamicBatcher:
         finally:
             self._in_flight = 0
         finished = time.monotonic()
-        for item, out in zip(batch, outs, strict=True):
+        failed = 0
+        for item, (ok, out) in zip(batch, outs, strict=True):
             item.started_at, item.finished_at = start, finished
-            if not item.future.done():  # cancelled awaiter: discard silently
+            if item.future.done():  # cancelled awaiter: discard silently
+                continue
+            if ok:
                 item.future.set_result(out)
+            else:
+                failed += 1
+                item.future.set_exception(BatchExecutionError(
+                    f"output of an item of batch {self.name!r} could not be taken: "
+                    f"{type(out).__name__}: {out}", out))
+        if failed:
+            self._counts["failed"] += failed
+            self._notify_drop(DROP_ERROR, failed)
         self._counts["batches"] += 1
         self._counts["items"] += n
         self._counts["padded_items"] += padded - n
@@ -539,14 +757,20 @@ class DynamicBatcher:
                 item.future.set_exception(make())
 
     def _run_sync(
-        self, xs: list[torch.Tensor], ts: list[float], padded: int
-    ) -> tuple[list[torch.Tensor], float]:
-        """Executor thread: stack (padding by repeating the last row), run, check, split."""
+        self, xs: list[Input], ts: list[float], padded: int
+    ) -> tuple[list[tuple[bool, Any]], float]:
+        """Executor thread: make lazy inputs, stack (padding by repeating the last row), run,
+        check, split; lazy items' outputs are consumed here, each failure kept to its item."""
         n = len(xs)
+        made = [x.make() if isinstance(x, LazyInput) else x for x in xs]
+        for given, x in zip(xs, made, strict=True):
+            if isinstance(given, LazyInput) and tuple(x.shape) != given.shape:
+                raise ValueError(f"lazy input made {tuple(x.shape)}, declared {given.shape}")
         if padded > n:
-            xs = xs + [xs[-1]] * (padded - n)
+            made = made + [made[-1]] * (padded - n)
             ts = ts + [ts[-1]] * (padded - n)
-        x = torch.stack(xs)
+        x = torch.stack(made)
+        del made
         t = torch.tensor(ts, dtype=torch.float32, device=x.device)
         t0 = time.perf_counter()
         y = self._run_batch(x, t)
@@ -563,7 +787,17 @@ class DynamicBatcher:
                 f"run_batch returned {got} for input {tuple(x.shape)}; "
                 f"expected ({padded}, C_out, {', '.join(map(str, spatial))})"
             )
-        return list(y.unbind(0)[:n]), run_s
+        del x
+        results: list[tuple[bool, Any]] = []
+        for given, out in zip(xs, y.unbind(0)[:n], strict=True):
+            if isinstance(given, LazyInput) and given.consume is not None:
+                try:
+                    results.append((True, given.consume(out)))
+                except Exception as exc:
+                    results.append((False, exc))
+            else:
+                results.append((True, out))
+        return results, run_s
 
     # ------------------------------------------------------------------ observer
 
