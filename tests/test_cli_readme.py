@@ -4,11 +4,13 @@ Every line of a README code block that starts with ``diffmamba restore`` (and th
 section's ``--version`` and ``inspect`` lines) is split like a shell would (quotes, comments)
 and run in a folder that holds the files the examples name: small photos and the repository's
 ``models/``. Examples that talk to a service get a live server's address instead of
-``http://127.0.0.1:8000``.
+``http://127.0.0.1:8000`` (a uvicorn server on a free port, serving the shipped derain model;
+``tests/test_cli_server.py`` runs ``diffmamba serve`` as a separate process).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from PIL import Image
 
 from service.cli import main
+from tests.serving import LiveServer
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -59,6 +62,16 @@ def _photo(path: Path, seed: int, size: tuple[int, int] = (20, 28)) -> None:
     Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
 
 
+def _served_models(root: Path) -> Path:
+    """The shipped derain model alone, so the server starts quickly."""
+    models = root / ".served-models"
+    models.mkdir()
+    for name in ("derain.safetensors", "derain.json"):
+        if (REPO / "models" / name).is_file():
+            (models / name).symlink_to(REPO / "models" / name)
+    return models
+
+
 def test_the_readme_has_restore_examples() -> None:
     examples = readme_examples()
     assert sum(ln.startswith("diffmamba restore ") for ln in examples) >= 5
@@ -75,21 +88,28 @@ def test_readme_examples_run_as_written(tmp_path: Path, monkeypatch: pytest.Monk
     _photo(tmp_path / "photos" / "trip" / "c.png", 4)
     (tmp_path / "models").symlink_to(REPO / "models", target_is_directory=True)
     monkeypatch.chdir(tmp_path)
-    examples = [ln for ln in readme_examples() if DOCUMENTED_SERVER not in ln]
-    for line in examples:
-        argv = shlex.split(line, comments=True)
-        assert argv[0] == "diffmamba"
-        try:
-            code = main(argv[1:])
-        except SystemExit as exc:  # --version exits through argparse
-            code = exc.code
-        captured = capsys.readouterr()
-        assert code == 0, f"{line}\n{captured.out}\n{captured.err}"
+    with contextlib.ExitStack() as stack:
+        server: str | None = None
+        for line in readme_examples():
+            if DOCUMENTED_SERVER in line:
+                server = server or stack.enter_context(
+                    LiveServer(_served_models(tmp_path), warmup=False)).url
+                line = line.replace(DOCUMENTED_SERVER, server)
+            argv = shlex.split(line, comments=True)
+            assert argv[0] == "diffmamba"
+            try:
+                code = main(argv[1:])
+            except SystemExit as exc:  # --version exits through argparse
+                code = exc.code
+            captured = capsys.readouterr()
+            assert code == 0, f"{line}\n{captured.out}\n{captured.err}"
     # What the examples promise: names with the task suffix, trees kept, formats chosen.
     assert (tmp_path / "restored" / "rainy_derain.png").is_file()
     assert (tmp_path / "out" / "noisy_denoise.jpg").is_file()
     assert (tmp_path / "restored" / "trip" / "c_deblur.png").is_file()
     assert (tmp_path / "out" / "trip" / "b_derain.png").is_file()
     assert (tmp_path / "clean" / "rainy.png").is_file()
-    leftovers = [p for p in tmp_path.rglob(".*") if "models" not in p.parts]
+    assert (tmp_path / "served" / "trip" / "b_derain.jpg").is_file()
+    leftovers = [p for p in tmp_path.rglob(".*")
+                 if "models" not in p.parts and ".served-models" not in p.parts]
     assert leftovers == []  # no temporary files

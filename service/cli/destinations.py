@@ -19,6 +19,8 @@ FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif
 KEPT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".webp": "webp",
                  ".tif": "tiff", ".tiff": "tiff"}
 DEFAULT_FORMAT = "png"  # BMP (read-only) and other inputs
+# What POST /restore writes when asked; a TIFF input without --format is answered as TIFF.
+SERVER_FORMATS = ("png", "jpeg", "webp")
 MAX_LISTED = 5
 
 

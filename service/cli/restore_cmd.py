@@ -17,6 +17,7 @@ model code are imported inside ``run``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import sys
@@ -30,20 +31,21 @@ from service.cli.common import (
     non_negative_int,
     positive_int,
 )
+from service.cli.destinations import SERVER_FORMATS
 
 if TYPE_CHECKING:
     from service.cli.destinations import Job
     from service.cli.restorers import Restorer
 
 FORMATS = ("png", "jpeg", "webp", "tiff")
-SERVER_FORMATS = ("png", "jpeg", "webp")
 API_KEY_ENV = "DIFFMAMBA_API_KEY"
 # Options that only mean something when the model runs in this process: dest -> flag.
 LOCAL_ONLY = {"checkpoint": "--checkpoint", "models": "--models", "device": "--device",
               "threads": "--threads", "precision": "--precision", "overlap": "--overlap",
               "max_batch": "--max-batch", "whole_max_pixels": "--whole-max-pixels"}
-LOCAL_DEFAULTS = {"device": "auto", "precision": "auto", "tile": 256, "overlap": 32,
-                  "max_batch": 1, "whole_max_pixels": 512 * 512}
+# Local options left out take the service's settings (DIFFMAMBA_*): option -> Settings field.
+FROM_SETTINGS = {"device": "device", "precision": "precision", "tile": "tile_size",
+                 "overlap": "tile_overlap", "whole_max_pixels": "whole_image_max_pixels"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -183,12 +185,14 @@ def _local(args: argparse.Namespace, seed: int) -> Restorer:
     from service.runtime.discovery import CHECKPOINT_SUFFIXES, find_task_checkpoint
     from service.settings import Settings
 
-    options = LocalOptions(**{k: getattr(args, k) if getattr(args, k) is not None else v
-                              for k, v in LOCAL_DEFAULTS.items()})
     if args.steps is not None and args.steps > MAX_STEPS:
         raise _SetupError(f"--steps must be 1..{MAX_STEPS}, got {args.steps}")
     try:
         settings = Settings(**({"models_dir": Path(args.models)} if args.models else {}))
+        given = {k: getattr(args, k) for k in FROM_SETTINGS if getattr(args, k) is not None}
+        options = LocalOptions(**{k: getattr(settings, field) for k, field in
+                                  FROM_SETTINGS.items()} | given,
+                               max_batch=args.max_batch or 1)
         if args.task is not None:
             entry = find_task_checkpoint(settings.models_dir, args.task)
             checkpoint, card = entry.path, entry.card
@@ -210,12 +214,15 @@ def _local(args: argparse.Namespace, seed: int) -> Restorer:
 
 def _remote(args: argparse.Namespace, seed: int) -> Restorer:
     from service.cli.restorers import RemoteRestorer
+    from service.client import ServiceError
 
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     try:
         return RemoteRestorer(args.server, args.task, api_key=api_key, steps=args.steps,
                               seed=seed, tile=args.tile)
-    except (ValueError, OSError) as exc:
+    except ServiceError as exc:
+        raise _SetupError(f"{args.server}: {exc}") from exc
+    except (ValueError, LookupError) as exc:
         raise _SetupError(str(exc)) from exc
 
 
@@ -224,8 +231,10 @@ def _restore_all(jobs: list[Job], restorer: Restorer, args: argparse.Namespace,
     from service.cli.output import OutputExistsError, write_output
     from service.cli.progress import Progress, bars_wanted
 
-    failures = 0
-    with Progress(len(jobs), enabled=bars_wanted(args.quiet), echo=not args.quiet) as progress:
+    failures = done = 0
+    stopped: Exception | None = None
+    with contextlib.closing(restorer), \
+            Progress(len(jobs), enabled=bars_wanted(args.quiet), echo=not args.quiet) as progress:
         for job in jobs:
             src = job.source.path
             progress.start_image(str(src), restorer.passes)
@@ -239,7 +248,11 @@ def _restore_all(jobs: list[Job], restorer: Restorer, args: argparse.Namespace,
             except restorer.errors as exc:
                 progress.message(f"diffmamba: skipping {src}: {getattr(exc, 'detail', exc)}")
                 failures += 1
+            except restorer.stop_errors as exc:
+                stopped = exc
+                break
             else:
+                done += 1
                 (iw, ih), (ow, oh) = result.input_size, result.output_size
                 sizes = f"{iw}x{ih} -> {ow}x{oh}" if (iw, ih) != (ow, oh) else f"{ow}x{oh}"
                 progress.image_done(f"{src} -> {job.dest} ({sizes}, "
@@ -247,6 +260,10 @@ def _restore_all(jobs: list[Job], restorer: Restorer, args: argparse.Namespace,
                 continue
             progress.image_done()
     prefix = f"seed {seed}; " if restorer.uses_seed else ""
-    print(f"{prefix}{len(jobs) - failures} restored, {failures} failed",
-          file=sys.stdout)
-    return 1 if failures else 0
+    left = len(jobs) - done - failures
+    not_started = f", {left} not started" if left else ""
+    print(f"{prefix}{done} restored, {failures} failed{not_started}")
+    if stopped is not None:
+        print(f"diffmamba: error: stopped: {stopped}", file=sys.stderr)
+    return 1 if failures or stopped is not None else 0
+

@@ -30,17 +30,21 @@ class Restorer(Protocol):
     uses_seed: bool
     errors: tuple[type[Exception], ...]
     """What a bad image raises: reported, the image skipped, the run goes on."""
+    stop_errors: tuple[type[Exception], ...]
+    """What ends the run early (reported, the images done so far kept)."""
 
     def restore(self, path: Path, fmt: str, on_pass: OnPass) -> Restored: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
 class LocalOptions:
-    device: str = "auto"
-    precision: str = "auto"
-    tile: int = 256
-    overlap: int = 32
-    whole_max_pixels: int = 512 * 512
+    device: str
+    precision: str
+    tile: int
+    overlap: int
+    whole_max_pixels: int
     max_batch: int = 1
 
 
@@ -65,6 +69,7 @@ class LocalRestorer:
                                            min(options.tile, 64), checkpoint.name)
         self.max_batch = options.max_batch
         self.errors = (ImageError, OSError)
+        self.stop_errors = ()
         self.steps, self.seed = steps, seed
         self.uses_seed = self.kind.takes_timestep
         self.passes = (len(DDIMSchedule().timestep_pairs(steps)) if self.kind.takes_timestep
@@ -81,6 +86,9 @@ class LocalRestorer:
         data, _ = encode_image(from_tensor(out), scaled_like(image, self.kind.scale), fmt)
         return Restored(data, (image.width, image.height), (out.shape[-1], out.shape[-2]))
 
+    def close(self) -> None:
+        pass
+
 
 def image_size(data: bytes | Path) -> tuple[int, int]:
     """Width and height from an image header (Pillow reads no pixels for this)."""
@@ -88,3 +96,39 @@ def image_size(data: bytes | Path) -> tuple[int, int]:
 
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
         return img.size
+
+
+class RemoteRestorer:
+    """A running service does the work (``service.client.Client``); files stay here."""
+
+    passes = None
+
+    def __init__(self, url: str, task: str, *, api_key: str | None, steps: int | None,
+                 seed: int, tile: int | None) -> None:
+        from service.client import Client, InvalidRequest, ServerError, ServiceError, Timeout
+
+        self.client = Client(url, api_key=api_key)
+        self.task, self.steps, self.seed, self.tile = task, steps, seed, tile
+        # Asked once, before the first image: an unreachable service, a refused key or a task
+        # it does not serve is one clear error rather than one per image.
+        served = {entry["task"]: entry for entry in self.client.tasks()}
+        if task not in served:
+            self.client.close()
+            raise LookupError(f"the service at {url} does not serve task {task!r} (served: "
+                              f"{', '.join(sorted(served)) or 'none'})")
+        self.uses_seed = not served[task].get("steps_ignored", False)
+        # Per image: a bad image or parameter, a failed or too slow pass. Anything else (key
+        # refused, service gone) stops the run.
+        self.errors = (InvalidRequest, ServerError, Timeout, OSError)
+        self.stop_errors = (ServiceError,)
+
+    def restore(self, path: Path, fmt: str, on_pass: OnPass) -> Restored:
+        from service.cli.destinations import SERVER_FORMATS
+
+        data = self.client.restore(path, task=self.task, steps=self.steps, seed=self.seed,
+                                   format=fmt if fmt in SERVER_FORMATS else None,
+                                   tile=self.tile)
+        return Restored(data, image_size(path), image_size(data))
+
+    def close(self) -> None:
+        self.client.close()
