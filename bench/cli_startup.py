@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 DEFAULT_CASES = ("--help", "--version", "restore --help", "serve --help", "inspect --help",
-                 "convert --help", "export --help", "data --help", "train --help",
-                 "eval --help")
+                 "convert --help", "keys --help", "export --help", "data --help",
+                 "train --help", "eval --help")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -6,8 +6,10 @@ pixels), and once on a shipped model through ``--task``.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +70,31 @@ def test_folder_gives_the_same_tree_with_suffixes(photos: Path, tmp_path: Path,
         in printed.out
     assert "seed 0; 4 restored, 0 failed" in printed.out
     assert "pass" not in printed.err and "image" not in printed.err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_bars_on_a_terminal_unless_quiet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture,
+                                                  quiet: bool) -> None:
+    _image(tmp_path / "in" / "a.png", 1)
+    _image(tmp_path / "in" / "b.png", 2)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["restore", str(tmp_path / "in"), "-o", str(tmp_path / "o"), *FAST, "--steps", "3"]
+    assert main([*argv, *(["--quiet"] if quiet else [])]) == 0
+    drawn, out = terminal.getvalue(), capsys.readouterr().out
+    if quiet:
+        assert drawn == ""
+        assert out.strip() == "seed 0; 2 restored, 0 failed"
+    else:
+        assert "images: 100%" in drawn and "2/2" in drawn
+        assert "passes: 100%" in drawn and "4/4" in drawn  # 3 steps visit 4 timesteps
+        assert out.count(" -> ") == 2
 
 
 def test_task_and_suffix_name_the_outputs(tmp_path: Path) -> None:

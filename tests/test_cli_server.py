@@ -3,6 +3,8 @@ are the ones a local run with the same checkpoint and seed writes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from PIL import Image
 
 from service.cli import main
-from tests.cli_server import free_port, serve_process
+from tests.cli_server import REPO, free_port, serve_process
 from tests.serving import make_models_dir
 
 
@@ -51,6 +53,19 @@ def test_server_output_equals_local_output(served: tuple[str, Path], tmp_path: P
     assert remote == local
     assert "seed 11; 2 restored, 0 failed" in remote_out
     assert f"b_{task}.jpg (9x17, " in remote_out
+
+
+def test_a_remote_restore_does_not_load_torch(served: tuple[str, Path], tmp_path: Path) -> None:
+    base, _ = served
+    src = _photos(tmp_path / "photos") / "a.png"
+    code = ("import sys\nfrom service.cli import main\n"
+            f"rc = main(['restore', {str(src)!r}, '--task', 'derain', '--server', {base!r},"
+            f" '-o', {str(tmp_path / 'o')!r}])\n"
+            "print(rc, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "0 False", done.stderr
+    assert (tmp_path / "o" / "a_derain.png").is_file()
 
 
 def test_server_skips_a_bad_image_and_names_what_it_serves(

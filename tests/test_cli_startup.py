@@ -19,7 +19,7 @@ from service import cli
 
 REPO = Path(__file__).resolve().parent.parent
 LIGHT_HELP = [["--help"], ["--version"], ["restore", "--help"], ["serve", "--help"],
-              ["inspect", "--help"], ["convert", "--help"]]
+              ["inspect", "--help"], ["convert", "--help"], ["keys", "--help"]]
 
 
 def _modules_after(argv: list[str]) -> dict[str, object]:
