@@ -217,11 +217,13 @@ def test_webhook_is_posted_with_retries(server: LiveServer) -> None:
 
 
 def test_results_expire_after_the_ttl_and_the_job_queue_is_capped(models: Path) -> None:
-    with LiveServer(models, **SETTINGS, job_ttl_s=1.0, job_queue_size=1) as srv:
+    with LiveServer(models, **SETTINGS, job_ttl_s=2.0, job_queue_size=1) as srv:
         done = _submit(srv.url, png_bytes(random_image(16, 16)), steps=1).json()["id"]
         status = _wait(srv.url, done)
-        assert status["expires_at"] == pytest.approx(status["finished_at"] + 1.0)
-        assert httpx.get(f"{srv.url}/v1/jobs/{done}/result").status_code == 200
+        assert status["expires_at"] == pytest.approx(status["finished_at"] + 2.0)
+        fetched = httpx.get(f"{srv.url}/v1/jobs/{done}/result")
+        if time.time() < status["expires_at"]:  # (a very busy machine may already be past it)
+            assert fetched.status_code == 200
 
         slow = _submit(srv.url, png_bytes(random_image(200, 200)), steps=50).json()["id"]
         full = _submit(srv.url, png_bytes(random_image(16, 16)), steps=1)
