@@ -239,8 +239,7 @@ def test_body_timeout_holds_under_plain_uvicorn(tmp_path: Path) -> None:
     with LiveServer(make_models_dir(tmp_path), body_timeout_s=1.0) as srv, \
             _connect(srv.port) as sock:
         sock.sendall(_restore_head(len(body) + 500) + body)
-        sock.settimeout(1.0 + SLACK_S)
-        raw = sock.recv(65536)
+        raw, _ = _read_until_closed(sock, 1.0 + SLACK_S)
     status, _, payload = _json_response(raw)
     assert status == 408 and payload["error"] == "request_timeout"
 
