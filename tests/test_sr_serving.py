@@ -299,7 +299,7 @@ def test_cli_restores_sr_by_task_and_prints_the_size(
     Image.fromarray(image).save(tmp_path / "photo.png")
     out = tmp_path / "out"
     code = main(["restore", str(tmp_path / "photo.png"), "--task", "sr", "--output", str(out),
-                 "--device", "cpu", "--precision", "fp32"])
+                 "--suffix", "", "--device", "cpu", "--precision", "fp32"])
     printed = capsys.readouterr().out
     assert code == 0 and "21x13 -> 84x52" in printed and "1 restored, 0 failed" in printed
     got = _pixels((out / "photo.png").read_bytes())

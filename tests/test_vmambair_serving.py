@@ -132,7 +132,7 @@ def test_restore_cli_runs_single_pass(tmp_path: Path, model: torch.nn.Module,
     Image.fromarray(large).save(tmp_path / "large.png")
     out = tmp_path / "out"
     code = main(["restore", str(tmp_path / "small.png"), str(tmp_path / "large.png"),
-                 "--checkpoint", str(CKPT), "--output", str(out), "--device", "cpu",
+                 "--checkpoint", str(CKPT), "--output", str(out), "--suffix", "", "--device", "cpu",
                  "--tile", "32", "--overlap", "8", "--whole-max-pixels", str(32 * 32)])
     assert code == 0 and "2 restored, 0 failed" in capsys.readouterr().out
     _assert_same_8bit(_pixels((out / "small.png").read_bytes()), _expected(model, small, None))
