@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import bz2
+import io
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pool_helpers import write_rcc
 
 from service.cli import data_cmd
 from service.data import pool as pool_mod
+from service.data import wheels
 from service.data.datasets import (
     PairedFolderDataset,
     SyntheticPairDataset,
@@ -36,8 +41,11 @@ from service.data.degrade import (
 )
 from service.data.degrade.rain import REGIMES, streak_layer
 from service.data.evaluation import EVALUATION_NAMES
+from service.data.photos import Photo, as_photo
 from service.data.pool import (
     ALLOW_LIST,
+    DEFAULT_PACKAGES,
+    IMAGE_SUFFIXES,
     Candidate,
     PackageSource,
     PoolError,
@@ -316,22 +324,55 @@ def test_synthetic_dataset_errors(tmp_path: Path, clean_dir: Path) -> None:
 # --- pool builder (fake package trees, no apt) ------------------------------------------------
 
 def _fake_fetch(drop: tuple[str, ...] = ()):
-    """A fetch that writes small JPEGs at the allow-listed paths instead of running apt."""
+    """A fetch that writes small images at the allow-listed places instead of running apt:
+    plain files, members of Qt resource bundles and raw arrays, as each entry says."""
 
     def fetch(names, workdir: Path) -> list[PackageSource]:
         sources = []
-        for n, name in enumerate(names):
+        for name in names:
             root = workdir / "root" / name
-            for i, rel in enumerate(sorted(ALLOW_LIST[name].values())):
-                if rel in drop:
+            bundles: dict[str, dict[str, bytes]] = {}
+            for image_id, entry in sorted(ALLOW_LIST[name].items()):
+                photo = as_photo(entry)
+                if photo.source in drop:
                     continue
-                arr = (_image(120, 180, seed=10 * n + i) * 255).round().astype(np.uint8)
-                _write_png(root / rel, arr)
+                seed = zlib.crc32(image_id.encode())
+                if photo.member is not None:
+                    buf = io.BytesIO()
+                    Image.fromarray(_fake_pixels(seed)).save(buf, format="WEBP", lossless=True,
+                                                             method=0)
+                    bundles.setdefault(photo.path, {})[photo.member] = buf.getvalue()
+                elif photo.array is not None:
+                    _write_array(root / photo.path, photo.array, seed)
+                else:
+                    _write_png(root / photo.path, _fake_pixels(seed))
+            for rel, members in bundles.items():
+                write_rcc(root / rel, members, compress={sorted(members)[0]})
             (root / "usr/share/wallpapers/Unlisted.jpg").parent.mkdir(parents=True, exist_ok=True)
             sources.append(PackageSource(name, "1.0-1", root, f"{name}_1.0-1_all.deb"))
         return sources
 
     return fetch
+
+
+def _fake_pixels(seed: int, h: int = 120, w: int = 180) -> np.ndarray:
+    """Smooth, and unlike for every seed (so no two fake photos look like the same one)."""
+    coarse = np.random.default_rng(seed).integers(30, 225, (4, 6, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))
+
+
+def _write_array(path: Path, fmt: str, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt.startswith("npz:"):
+        grey = _fake_pixels(seed).mean(axis=2).astype(np.uint8)
+        np.savez(path, **{fmt[4:]: grey})
+    else:
+        h, w, c = (int(v) for v in fmt.split(":")[1].split("x"))
+        path.write_bytes(bz2.compress(_fake_pixels(seed, h, w)[..., :c].tobytes()))
+
+
+def _entries() -> list[tuple[str, Photo]]:
+    return [(i, as_photo(e)) for files in ALLOW_LIST.values() for i, e in files.items()]
 
 
 def test_build_pool_on_a_fake_tree(tmp_path: Path) -> None:
@@ -340,7 +381,7 @@ def test_build_pool_on_a_fake_tree(tmp_path: Path) -> None:
     manifest = build_pool(out, short_side=80, holdout_fraction=0.1, seed=0,
                           workdir=tmp_path / "work", fetch=_fake_fetch((dropped,)),
                           check_evaluation=False)
-    n = sum(len(v) for v in ALLOW_LIST.values()) - 1
+    n = len(_entries()) - 1
     train, val = sorted((out / "train").iterdir()), sorted((out / "val").iterdir())
     assert len(train) + len(val) == n and len(val) == round(0.1 * n)
     assert manifest["missing"] == [f"mate-backgrounds:{dropped}"]
@@ -348,16 +389,86 @@ def test_build_pool_on_a_fake_tree(tmp_path: Path) -> None:
     assert all(p["version"] == "1.0-1" for p in manifest["packages"])
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == json.loads(json.dumps(manifest))
+    photos = dict(_entries())
+    kinds = {"member": 0, "array": 0, "plain": 0}
     for entry in manifest["images"]:
-        assert entry["source_size"] == [180, 120] and entry["size"] == [120, 80]
-        assert Image.open(out / entry["files"][0]).size == (120, 80)
+        photo = photos[entry["id"]]
+        assert entry["source"] == photo.source
+        if photo.array and photo.array.startswith("bz2-raw:"):  # keeps its declared shape
+            h, w, _ = (int(v) for v in photo.array.split(":")[1].split("x"))
+            assert entry["source_size"] == [w, h] and min(entry["size"]) == 80
+        else:
+            assert entry["source_size"] == [180, 120] and entry["size"] == [120, 80]
+        assert Image.open(out / entry["files"][0]).size == tuple(entry["size"])
+        assert Image.open(out / entry["files"][0]).mode == "RGB"
+        kinds["member" if photo.member else "array" if photo.array else "plain"] += 1
+    assert all(kinds.values())  # every way of storing a photo went through the build
     assert set(manifest["split"]["val"]) == {p.stem for p in val}
-    assert manifest["totals"]["train"]["pixels"] == len(train) * 120 * 80
+    assert manifest["totals"]["train"]["pixels"] == sum(
+        e["size"][0] * e["size"][1] for e in manifest["images"] if e["split"] == "train")
     with pytest.raises(PoolError, match="already holds"):
         build_pool(out, workdir=tmp_path / "w2", fetch=_fake_fetch(), check_evaluation=False)
-    again = build_pool(out, short_side=80, seed=0, workdir=tmp_path / "w3", force=True,
-                       fetch=_fake_fetch((dropped,)), check_evaluation=False)
-    assert again["split"] == manifest["split"]
+    again = build_pool(out, ["lomiri-wallpapers-20.04"], short_side=80, seed=0, force=True,
+                       workdir=tmp_path / "w3", fetch=_fake_fetch(), check_evaluation=False)
+    assert again["split"] == {"train": ["lomiri-kleiber"], "val": []}
+    assert [p.name for p in (out / "train").iterdir()] == ["lomiri-kleiber.png"]
+    assert not list((out / "val").iterdir())  # the earlier pool was cleared
+
+
+def test_allow_list_entries_are_well_formed() -> None:
+    entries = _entries()
+    ids = [i for i, _ in entries]
+    assert len(ids) == len(set(ids)) and len(ids) >= 150
+    assert all(ALLOW_LIST[p] for p in DEFAULT_PACKAGES) and set(DEFAULT_PACKAGES) == set(ALLOW_LIST)
+    for pkg in ALLOW_LIST:
+        assert not pkg.startswith("pypi:") or wheels.parse_spec(pkg)[1]  # pinned versions
+    for image_id, photo in entries:
+        assert image_id == image_id.lower() and " " not in image_id
+        assert not photo.path.startswith("/")
+        assert photo.member is None or photo.path.endswith(".rcc")
+        assert Path(photo.member or photo.path).suffix.lower() in (*IMAGE_SUFFIXES, ".jp2", "") \
+            or photo.array is not None
+
+
+def test_short_side_cap_and_duplicates(tmp_path: Path) -> None:
+    """A per-photo cap shrinks below the pool size; the same photo twice stops the build."""
+    root = tmp_path / "pkg"
+    _write_png(root / "a.png", _fake_pixels(1, 300, 450))
+    _write_png(root / "b.png", _fake_pixels(2, 300, 450))
+    src = PackageSource("p", "1", root, "installed")
+    allow = {"p": {"p-a": Photo("a.png", short_side=100), "p-b": "b.png"}}
+    cands, missing = select_images([src], allow)
+    assert [c.id for c in cands] == ["p-a", "p-b"] and not missing
+    manifest = pool_mod.write_pool(cands, [src], tmp_path / "out", short_side=200,
+                                   split={"p-a": "train", "p-b": "val"},
+                                   check_evaluation=False)
+    assert [e["size"] for e in manifest["images"]] == [[150, 100], [300, 200]]
+    # b.png again at another size (as when two packages ship one wallpaper)
+    Image.fromarray(_fake_pixels(2, 300, 450)).resize((300, 200)).save(root / "c.jpg")
+    allow["p"]["p-c"] = "c.jpg"
+    cands, _ = select_images([src], allow)
+    with pytest.raises(PoolError, match="p-c and p-b are the same photo"):
+        pool_mod.write_pool(cands, [src], tmp_path / "out2",
+                            split={c.id: "train" for c in cands}, check_evaluation=False)
+
+
+def test_missing_bundle_member_is_reported(tmp_path: Path) -> None:
+    root = tmp_path / "pkg"
+    buf = io.BytesIO()
+    Image.fromarray(_fake_pixels(3)).save(buf, format="PNG")
+    write_rcc(root / "b.rcc", {"/x/one.png": buf.getvalue()})
+    src = PackageSource("p", "1", root, "installed")
+    allow = {"p": {"p-one": Photo("b.rcc", member="/x/one.png"),
+                   "p-two": Photo("b.rcc", member="/x/two.png"),
+                   "p-gone": Photo("gone.rcc", member="/x/one.png")}}
+    cands, missing = select_images([src], allow)
+    assert [c.id for c in cands] == ["p-one"]
+    assert missing == ["p:gone.rcc::/x/one.png", "p:b.rcc::/x/two.png"]
+    manifest = pool_mod.write_pool(cands, [src], tmp_path / "out", split={"p-one": "train"},
+                                   check_evaluation=False)
+    assert manifest["images"][0]["source"] == "b.rcc::/x/one.png"
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out/train/p-one.png")),
+                          _fake_pixels(3))
 
 
 def test_build_pool_tiles_and_limits(tmp_path: Path) -> None:
@@ -388,13 +499,15 @@ def test_split_is_seeded_by_image() -> None:
 
 
 def test_pool_never_takes_evaluation_images(tmp_path: Path) -> None:
-    listed = [(i, rel) for files in ALLOW_LIST.values() for i, rel in files.items()]
-    assert not any(is_evaluation_name(i) or is_evaluation_name(rel) for i, rel in listed)
+    assert not any(is_evaluation_name(n) for i, photo in _entries() for n in (i, *photo.names()))
     assert is_evaluation_name("x/astronaut.png")
     assert is_evaluation_name("site-packages/skimage/data/a.png")
     src = PackageSource("mate-backgrounds", "1", tmp_path, "installed")
     with pytest.raises(PoolError, match="evaluation"):
         select_images([src], {"mate-backgrounds": {"mate-x": "data/coffee.png"}})
+    bundled = PackageSource("p", "1", tmp_path, "installed")
+    with pytest.raises(PoolError, match="evaluation"):  # also a member of a bundle
+        select_images([bundled], {"p": {"p-x": Photo("a.rcc", member="/img/astronaut.png")}})
 
 
 def test_pool_refuses_an_evaluation_photo_by_content(tmp_path: Path) -> None:

