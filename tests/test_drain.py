@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import signal
 import socket
@@ -214,3 +215,73 @@ def test_drain_ends_when_idle_or_at_the_timeout() -> None:
     srv._cut_off_at -= SHUTDOWN_GRACE_S  # ...then, a grace later, the server stops regardless
     assert asyncio.run(srv.on_tick(2)) is True
     assert state.drain_time_left() == 0.0
+
+
+def test_drain_timeout_ends_streams_and_answers_waiting_requests(tmp_path: Path) -> None:
+    """In process: a stream still open and a request still waiting when the drain runs out."""
+    import asyncio
+
+    from fastapi.responses import StreamingResponse
+
+    from service.api import create_app
+    from service.api.connection import server_config
+
+    (tmp_path / "models").mkdir()
+    settings = Settings(models_dir=tmp_path / "models", device="cpu", drain_timeout_s=0.5)
+    app = create_app(settings)
+
+    async def forever() -> StreamingResponse:
+        async def events():  # type: ignore[no-untyped-def]
+            while True:
+                yield b"data: tick\n\n"
+                await asyncio.sleep(0.05)
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def waiting() -> None:
+        await asyncio.sleep(3600)
+
+    app.add_api_route("/test-stream", forever)
+    app.add_api_route("/test-wait", waiting)
+    port = _free_port()
+    srv = DrainingServer(server_config(app, settings, "127.0.0.1", port, "warning"),
+                         app.state.service)
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append  # type: ignore[method-assign]
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not srv.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        answers: dict[str, object] = {}
+
+        def wait() -> None:
+            answers["wait"] = httpx.get(f"{base}/test-wait", timeout=30)
+
+        def stream() -> None:
+            with httpx.stream("GET", f"{base}/test-stream", timeout=30) as r:
+                answers["ticks"] = sum(1 for line in r.iter_lines() if line == "data: tick")
+
+        clients = [threading.Thread(target=wait), threading.Thread(target=stream)]
+        for c in clients:
+            c.start()
+        while app.state.service.in_flight < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        srv.begin_drain("test")
+        for c in clients:
+            c.join(timeout=30)
+        thread.join(timeout=30)
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+        srv.should_exit = True
+    assert not thread.is_alive()
+    waited = answers["wait"]
+    assert isinstance(waited, httpx.Response) and waited.status_code == 503
+    assert waited.json()["error"] == "draining" and waited.headers["retry-after"] == "1"
+    assert isinstance(answers["ticks"], int) and answers["ticks"] > 0  # ended, not broken
+    assert not errors, [r.getMessage() for r in errors]

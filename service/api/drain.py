@@ -50,7 +50,8 @@ DRAIN_TIMEOUT_CANCEL = "diffmamba: drain timeout"
 class InFlightMiddleware:
     """Counts HTTP requests from arrival to the last byte of their response on ``state``, and
     answers a request cancelled before its response started (the drain timeout, or a server
-    shutting down) with JSON 503 ``draining`` rather than nothing or a plain-text 500.
+    shutting down) with JSON 503 ``draining`` rather than nothing or a plain-text 500; a
+    streamed response cut off by the drain timeout is ended rather than broken.
 
     A pure ASGI middleware (not ``BaseHTTPMiddleware``) so that it sees the whole response,
     including a streamed body, and adds no task or buffering per request.
@@ -76,18 +77,19 @@ class InFlightMiddleware:
         try:
             await self.app(scope, receive, send_tracked)
         except asyncio.CancelledError as exc:
-            if started:
-                raise
+            ours = exc.args == (DRAIN_TIMEOUT_CANCEL,)
             with contextlib.suppress(Exception):
-                await error_response(
-                    503, "draining", "the server is shutting down before this request could "
-                    "finish; retry on another replica", {"Retry-After": "1"},
-                )(scope, receive, send)
+                if not started:
+                    await error_response(
+                        503, "draining", "the server is shutting down before this request "
+                        "could finish; retry on another replica", {"Retry-After": "1"},
+                    )(scope, receive, send)
+                elif ours:  # a stream (server-sent events) in progress: end it cleanly
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
             task = asyncio.current_task()
-            if exc.args != (DRAIN_TIMEOUT_CANCEL,) or task is None or \
-                    not hasattr(task, "uncancel"):
+            if not ours or task is None or not hasattr(task, "uncancel"):
                 raise
-            task.uncancel()  # our own cancel, fully answered: end the request normally
+            task.uncancel()  # our own cancel, answered: end the request normally
         finally:
             if tracked:
                 self.state.in_flight -= 1
