@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     max_concurrent_per_key: int = Field(4, ge=0, description="requests in progress per key;"
                                         " 0: unlimited")
     auth_exempt_paths: list[str] = Field(
-        default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
+        # The web page and its files hold no data: the page asks for the key itself.
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics", "/", "/static/*"],
         description='paths reachable without a key, JSON; "/prefix/*" for a prefix')
     cors_allow_origins: list[str] = Field(
         default_factory=list, description='origins allowed cross-origin, JSON:'

@@ -18,6 +18,7 @@ from service.api.middleware import install_middleware
 from service.api.restore import router as restore_router
 from service.api.state import ServiceState
 from service.settings import Settings
+from service.web import install_web
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -45,12 +46,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="POST a degraded image to /restore?task=… and get the restored image back.",
         lifespan=lifespan,
+        docs_url=None,  # service.web serves /docs from local files
+        redoc_url=None,
     )
     app.state.service = state
     install_error_handlers(app)
     install_middleware(app, state)
     app.include_router(restore_router)
     app.include_router(jobs_router)
+    install_web(app)
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

@@ -9,8 +9,8 @@
   ``Referrer-Policy: no-referrer``, ``Cache-Control: no-store`` unless the route set its own
   (restored images and errors must not sit in shared caches), and a Content-Security-Policy
   chosen per response: API answers (JSON, images) get ``default-src 'none'`` -- they are never
-  meant to run anything; HTML pages get a same-origin policy; the Swagger UI and ReDoc pages get
-  the CDN and inline script they need. A route that sets its own policy keeps it.
+  meant to run anything; HTML pages get a same-origin policy; the Swagger UI page also gets the
+  inline start-up script it needs. A route that sets its own policy keeps it.
 * **No exception text reaches a client.** An exception nothing else handled is logged with its
   traceback and the request id, and answered JSON 500 ``internal_error`` naming only the id. A
   client that went away (``ClientDisconnect``) is logged as such, without a traceback.
@@ -34,12 +34,9 @@ CSP_API = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-act
 CSP_PAGES = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
              "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
              "frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
-# FastAPI's /docs and /redoc load their bundle from jsDelivr and start it with an inline script.
-CSP_DOCS = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
-            "https://fonts.googleapis.com; "
-            "font-src 'self' https://fonts.gstatic.com; worker-src 'self' blob:; "
-            "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+# /docs (service.web.docs) loads Swagger UI from this origin and starts it with an inline script.
+CSP_DOCS = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
             "connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'self'")
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 STATIC_HEADERS = (
