@@ -22,7 +22,29 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.api.body import read_image_upload
 from service.api.errors import ApiError
-from service.api.restore import SEED_MAX, DecodedUpload, admit, decode_upload, restore_upload
+from service.api.restore import (
+    SEED_MAX,
+    STEPS_MAX,
+    STEPS_MIN,
+    TILE_MAX,
+    TILE_STEP,
+    DecodedUpload,
+    admit,
+    decode_upload,
+    restore_upload,
+)
+from service.api.schemas import (
+    CONFLICT,
+    IMAGE_OUTPUT_CONTENT,
+    IMAGE_REQUEST_BODY,
+    JOB_CREATED,
+    JOB_ERRORS,
+    JOB_EVENT,
+    SERVER_ERROR,
+    SUBMIT_ERRORS,
+    UPLOAD_ERRORS,
+    JobView,
+)
 from service.api.state import ServiceState
 from service.jobs import (
     CANCELLED,
@@ -131,7 +153,7 @@ async def submit_job(request: Request, task: str, steps: int | None, seed: int |
         raise ApiError(503, "queue_full", f"{manager.active} unfinished jobs on this replica",
                        {"Retry-After": "2"})
     body = await read_image_upload(request, state.settings.max_upload_bytes)
-    upload = await decode_upload(state, model.name, body)
+    upload = await decode_upload(state, model.name, body, fmt=fmt)
     job_id = uuid.uuid4().hex
     # The seed is fixed now, so the status shows it and the result is reproducible.
     seed = secrets.randbelow(2**31) if seed is None and model.kind.takes_timestep else seed
@@ -151,21 +173,26 @@ async def submit_job(request: Request, task: str, steps: int | None, seed: int |
 
 
 @router.post("", status_code=202, summary="Submit a restoration job (same body and query as"
-             " /restore); 202 with the job and a Location header")
+             " /restore); 202 with the job and a Location header",
+             responses={202: JOB_CREATED, **UPLOAD_ERRORS, **SUBMIT_ERRORS, **SERVER_ERROR},
+             openapi_extra=IMAGE_REQUEST_BODY)
 async def create_job(
     request: Request,
     task: str = Query(..., description="derain, denoise, deblur or another served task"),
-    steps: int | None = Query(None, ge=1, le=50, description="sampling steps (default: task's)"),
+    steps: int | None = Query(None, ge=STEPS_MIN, le=STEPS_MAX,
+                              description="sampling steps (default: task's)"),
     seed: int | None = Query(None, ge=0, le=SEED_MAX, description="noise seed; random if absent"),
     format: Literal["png", "jpeg", "webp"] | None = Query(None, description="output format"),
-    tile: int | None = Query(None, ge=16, le=4096, description="tile size override"),
+    tile: int | None = Query(None, ge=TILE_STEP, le=TILE_MAX,
+                             description="tile size override, above the tile overlap"),
     webhook: str | None = Query(None, max_length=2048, description="URL POSTed the final job"
                                 " status; its host must be in DIFFMAMBA_JOB_WEBHOOK_HOSTS"),
 ) -> JSONResponse:
     return await submit_job(request, task, steps, seed, format, tile, webhook)
 
 
-@router.get("/{job_id}", summary="A job's state, progress, timings and error")
+@router.get("/{job_id}", summary="A job's state, progress, timings and error",
+            responses={200: {"model": JobView}, **JOB_ERRORS, **SERVER_ERROR})
 async def get_job(request: Request, job_id: str) -> JSONResponse:
     manager = _manager(_state(request))
     return JSONResponse(_view(manager, await _record(request, manager, job_id)))
@@ -173,7 +200,8 @@ async def get_job(request: Request, job_id: str) -> JSONResponse:
 
 @router.get("/{job_id}/result", response_class=Response,
             summary="The restored image of a succeeded job (409 until then)",
-            responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
+            responses={200: {"description": "the restored image", "content": IMAGE_OUTPUT_CONTENT},
+                       **JOB_ERRORS, **CONFLICT, **SERVER_ERROR})
 async def get_result(request: Request, job_id: str) -> Response:
     manager = _manager(_state(request))
     record = await _record(request, manager, job_id)
@@ -193,7 +221,11 @@ async def get_result(request: Request, job_id: str) -> Response:
     return Response(data, media_type=record.media_type, headers=record.headers)
 
 
-@router.delete("/{job_id}", summary="Cancel a queued or running job")
+@router.delete("/{job_id}", summary="Cancel a queued or running job",
+               responses={200: {"model": JobView, "description": "cancelled"},
+                          202: {"model": JobView, "description": "cancel requested: the replica"
+                                " running the job has yet to act on it"},
+                          **JOB_ERRORS, **CONFLICT, **SERVER_ERROR})
 async def cancel_job(request: Request, job_id: str) -> JSONResponse:
     manager = _manager(_state(request))
     await _record(request, manager, job_id)  # 404 first
@@ -249,7 +281,10 @@ async def _events(state: ServiceState, manager: JobManager, job_id: str) -> Asyn
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             summary="Server-sent events: the job's state changes and progress, to the end",
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"description": "`state` and `progress` events; their data is the"
+                             " job view (JobView); the stream ends after the final state",
+                             "content": {"text/event-stream": {"schema": JOB_EVENT}}},
+                       **JOB_ERRORS, **SERVER_ERROR})
 async def job_events(request: Request, job_id: str) -> StreamingResponse:
     state = _state(request)
     manager = _manager(state)

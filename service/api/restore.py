@@ -23,6 +23,15 @@ from fastapi import APIRouter, Query, Request, Response
 
 from service.api.body import read_image_upload
 from service.api.errors import ApiError
+from service.api.schemas import (
+    IMAGE_OUTPUT_CONTENT,
+    IMAGE_REQUEST_BODY,
+    JOB_CREATED,
+    PREFER_HEADER,
+    SERVER_ERROR,
+    SUBMIT_ERRORS,
+    UPLOAD_ERRORS,
+)
 from service.api.state import ServiceState
 from service.batching import (
     BatcherClosedError,
@@ -44,6 +53,7 @@ from service.runtime.batched import run_session_batched
 from service.runtime.memory import MemoryEstimate
 from service.runtime.pipeline import (
     decode_compact,
+    encoded_format,
     estimate_for,
     header_estimate,
     returning_memory,
@@ -51,6 +61,7 @@ from service.runtime.pipeline import (
     to_hwc,
 )
 from service.runtime.task import TaskModel
+from service.settings import Settings
 
 router = APIRouter()
 T = TypeVar("T")
@@ -59,6 +70,23 @@ Progress = Callable[[int, int, int], None]
 DISCONNECT_POLL_S = 0.25
 SEED_MAX = 2**63 - 1
 OUTPUT_FORMATS = ("png", "jpeg", "webp")  # the values of `format=` (restore_endpoint)
+
+
+def _settings_bound(name: str, bound: str) -> int:
+    """A bound (``ge``/``le``) of a setting's Field: a request may ask what the setting may be."""
+    return next(getattr(m, bound) for m in Settings.model_fields[name].metadata
+                if hasattr(m, bound))
+
+
+STEPS_MIN = _settings_bound("default_steps", "ge")
+STEPS_MAX = _settings_bound("default_steps", "le")
+TILE_STEP = 8  # tiles are cut on this grid (tile_size and tile_overlap are multiples of it too)
+TILE_MAX = _settings_bound("tile_size", "le")
+
+
+def tile_minimum(overlap: int) -> int:
+    """The smallest ``tile=`` the server takes: one grid step above the tile overlap."""
+    return overlap + TILE_STEP
 
 
 def _state(request: Request) -> ServiceState:
@@ -91,9 +119,10 @@ def _request_id(request: Request) -> str:
 def _check_tile(tile: int | None, overlap: int) -> None:
     if tile is None:
         return
-    if tile % 8:
-        raise ApiError(422, "invalid_parameter", f"tile: must be a multiple of 8, got {tile}")
-    if tile <= overlap:
+    if tile % TILE_STEP:
+        raise ApiError(422, "invalid_parameter",
+                       f"tile: must be a multiple of {TILE_STEP}, got {tile}")
+    if tile < tile_minimum(overlap):
         raise ApiError(422, "invalid_parameter",
                        f"tile: must be larger than the tile overlap ({overlap}), got {tile}")
 
@@ -135,20 +164,29 @@ def admit(state: ServiceState, task: str, tile: int | None) -> TaskModel:
     "/restore",
     summary="Restore a degraded image",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    responses={
+        200: {"description": "the restored image (the input's format unless `format` is given;"
+                             " PNG for BMP)", "content": IMAGE_OUTPUT_CONTENT},
+        202: {**JOB_CREATED, "description": "with `Prefer: respond-async`: the job (see POST"
+                                            " /v1/jobs)"},
+        **UPLOAD_ERRORS, **SUBMIT_ERRORS, **SERVER_ERROR,
+    },
+    openapi_extra={**IMAGE_REQUEST_BODY, "parameters": [PREFER_HEADER]},
 )
 async def restore_endpoint(
     request: Request,
     task: str = Query(..., description="derain, denoise, deblur or another served task"),
-    steps: int | None = Query(None, ge=1, le=50, description="sampling steps (default: task's;"
-                             " ignored by single-pass tasks)"),
+    steps: int | None = Query(None, ge=STEPS_MIN, le=STEPS_MAX, description="sampling steps"
+                             " (default: task's; ignored by single-pass tasks)"),
     seed: int | None = Query(None, ge=0, le=SEED_MAX, description="noise seed; random if absent"
                              " (diffusion tasks only)"),
     format: Literal["png", "jpeg", "webp"] | None = Query(
         None, description="output format (default: the input's, else PNG)"
     ),
-    tile: int | None = Query(None, ge=16, le=4096, description="tile size override (single-pass"
-                             " tasks: tile even images under the whole-image budget)"),
+    tile: int | None = Query(None, ge=TILE_STEP, le=TILE_MAX,
+                             description="tile size override, above the tile overlap"
+                             " (single-pass tasks: tile even images under the whole-image"
+                             " budget)"),
 ) -> Response:
     if prefers_async(request):  # RFC 7240: the same work as POST /v1/jobs
         from service.api.jobs import submit_job  # (lazy: the jobs module builds on this one)
@@ -183,11 +221,11 @@ async def _restore(request: Request, state: ServiceState, task_name: str, steps:
     t0 = time.perf_counter()
     body = await read_image_upload(request, state.settings.max_upload_bytes)
     deadline = time.monotonic() + state.settings.request_timeout_s
-    estimate = upload_estimate(state, task_name, tile, body)
+    estimate = upload_estimate(state, task_name, tile, body, fmt)
     # One reservation of the whole peak, before a pixel is decoded (unless the header could
     # not be read: then decode_upload reports the error, or admits the decoded size itself).
     async with _admitted(state, estimate, deadline):
-        upload = await decode_upload(state, task_name, body, tile=tile,
+        upload = await decode_upload(state, task_name, body, tile=tile, fmt=fmt,
                                      admitted=estimate is not None)
         upload.decode_s = time.perf_counter() - t0  # Server-Timing's decode includes the upload
         return await restore_upload(state, task_name, upload, steps, seed, fmt, tile, rid,
@@ -211,11 +249,11 @@ def _admission(state: ServiceState) -> MemoryAdmission:
     return state.admission
 
 
-def upload_estimate(state: ServiceState, task_name: str, tile: int | None,
-                    body: bytes) -> MemoryEstimate | None:
+def upload_estimate(state: ServiceState, task_name: str, tile: int | None, body: bytes,
+                    fmt: str | None = None) -> MemoryEstimate | None:
     """The request's estimated peak from the upload's header (None if unreadable); 413
     ``too_large_for_memory`` at once if it could never fit the memory budget."""
-    header, estimate = header_estimate(state.tasks[task_name], state.settings, tile, body)
+    header, estimate = header_estimate(state.tasks[task_name], state.settings, tile, body, fmt)
     scale = state.tasks[task_name].kind.scale
     if header is not None and header.width * header.height * scale * scale > \
             state.settings.max_pixels:
@@ -251,7 +289,8 @@ async def _admitted(state: ServiceState, estimate: MemoryEstimate | None,
 
 
 async def decode_upload(state: ServiceState, task_name: str, body: bytes, *,
-                        tile: int | None = None, admitted: bool = False) -> DecodedUpload:
+                        tile: int | None = None, fmt: str | None = None,
+                        admitted: bool = False) -> DecodedUpload:
     """The uploaded bytes, validated, decoded and compacted (4xx ApiError for bad input).
 
     Unless the caller holds the request's reservation (``admitted``), the decoding holds one of
@@ -261,14 +300,15 @@ async def decode_upload(state: ServiceState, task_name: str, body: bytes, *,
     model = state.tasks[task_name]
     t0 = time.perf_counter()
     deadline = time.monotonic() + settings.request_timeout_s
-    estimate = None if admitted else upload_estimate(state, task_name, tile, body)
+    estimate = None if admitted else upload_estimate(state, task_name, tile, body, fmt)
     try:
         async with _admitted(state, estimate, deadline):
             compact = await asyncio.to_thread(decode_compact, body, settings, model.kind.scale)
     except ImageError as exc:
         raise ApiError(exc.status, exc.error, exc.detail) from exc
     estimate = estimate_for(model, settings, tile, compact.height, compact.width,
-                            eight_bit=compact.pixels.dtype == torch.uint8)
+                            eight_bit=compact.pixels.dtype == torch.uint8,
+                            output_format=encoded_format(compact.like.format, fmt))
     if not admitted:
         _check_fits(state, estimate)  # an unreadable header: known only now
     return DecodedUpload(compact.like, time.perf_counter() - t0, compact.pixels, estimate)

@@ -12,6 +12,11 @@ should hand back "the same picture, cleaned", not a different kind of file:
 * quantisation rounds to nearest (``rint``), never truncates, so decode -> encode of an
   untouched image is lossless in PNG/TIFF/lossless WebP.
 
+Memory: the float input is the largest thing alive while encoding (12 bytes per pixel), so the
+checks and the quantisation run in row strips straight into the Pillow image being saved; their
+float temporaries are a strip, not an image. What the encoder adds to the input is Pillow's image
+(1, 2 or 4 bytes per pixel), the compressed bytes and a strip, whatever the image's size.
+
 Format limitations, by design: JPEG has no alpha (it is dropped) and no 16 bits; WebP has no
 grayscale (gray is written as R = G = B) and no 16 bits; BMP is not written (``fmt=None`` on a
 BMP input answers PNG). JPEG is written with 4:4:4 chroma (no subsampling) because chroma
@@ -23,7 +28,7 @@ text chunks) is not carried over: EXIF orientation was already applied to the pi
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -41,6 +46,8 @@ from .formats import (
 _BT601: Final = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _MAX_SIDE: Final[dict[str, int]] = {"JPEG": 65_535, "WEBP": 16_383}
 _ICC_SPACE: Final = slice(16, 20)
+STRIP_PIXELS: Final = 1 << 16
+"""Pixels per row strip of checking and quantising (a 768 kB float32 RGB strip)."""
 
 
 def output_format_for(like: DecodedImage, fmt: str | None = None) -> str:
@@ -110,35 +117,65 @@ def _check_pixels(rgb: np.ndarray, like: DecodedImage) -> None:
     expected = (like.height, like.width, 3)
     if rgb.shape != expected:
         raise ValueError(f"rgb has shape {rgb.shape}, expected {expected} like the input")
-    if not np.isfinite(rgb).all():
-        raise ValueError("rgb contains NaN or infinite values")
+    for rows in _row_strips(*rgb.shape[:2]):
+        if not np.isfinite(rgb[rows]).all():
+            raise ValueError("rgb contains NaN or infinite values")
+
+
+def _row_strips(height: int, width: int) -> Iterator[slice]:
+    """Row ranges covering ``height`` with about ``STRIP_PIXELS`` pixels each."""
+    rows = max(1, STRIP_PIXELS // max(1, width))
+    for start in range(0, height, rows):
+        yield slice(start, min(height, start + rows))
 
 
 def _quantize(values: np.ndarray, bits: int) -> np.ndarray:
-    """Round (not truncate) [0, 1] floats to 8- or 16-bit integers."""
+    """Round (not truncate) [0, 1] floats to 8- or 16-bit integers; element by element, so a
+    strip quantises exactly as the whole image would."""
     scale, dtype = (255, np.uint8) if bits == 8 else (65_535, np.uint16)
     clipped = np.clip(values.astype(np.float32, copy=False), 0.0, 1.0)
-    return np.rint(clipped * np.float32(scale)).astype(dtype)
+    return np.rint(clipped * np.float32(scale), out=clipped).astype(dtype)
+
+
+def _output_mode(like: DecodedImage, target: str) -> tuple[str, bool]:
+    """The Pillow mode written (L / I;16 / LA / RGB / RGBA, as the input and format allow) and
+    whether the input's alpha is kept."""
+    keep_alpha = like.alpha is not None and target != "JPEG"
+    if like.grayscale:
+        if like.bit_depth == 16 and target in ("PNG", "TIFF") and not keep_alpha:
+            return "I;16", False
+        # WebP has no grayscale mode: the luma is written as R = G = B.
+        base = "L" if target != "WEBP" else "RGB"
+    else:
+        base = "RGB"
+    if keep_alpha:
+        return ("LA" if base == "L" else "RGBA"), True
+    return base, False
 
 
 def _build_image(rgb: np.ndarray, like: DecodedImage, target: str) -> Image.Image:
-    """The Pillow image to save: L / I;16 / LA / RGB / RGBA, as the input and format allow."""
-    keep_alpha = like.alpha is not None and target != "JPEG"
-    if like.grayscale:
-        luma = rgb.astype(np.float32, copy=False) @ _BT601
-        if like.bit_depth == 16 and target in ("PNG", "TIFF") and not keep_alpha:
-            return Image.fromarray(_quantize(luma, 16))
-        gray8 = _quantize(luma, 8)
-        # WebP has no grayscale mode: write the luma as R = G = B.
-        channels = [gray8] if target != "WEBP" else [gray8, gray8, gray8]
-    else:
-        rgb8 = _quantize(rgb, 8)
-        channels = [rgb8[:, :, 0], rgb8[:, :, 1], rgb8[:, :, 2]]
-    if keep_alpha:
-        channels.append(like.alpha)
-    if len(channels) == 1:
-        return Image.fromarray(channels[0])
-    return Image.fromarray(np.ascontiguousarray(np.stack(channels, axis=2)))
+    """The Pillow image to save, filled strip by strip (see the module's docstring)."""
+    mode, keep_alpha = _output_mode(like, target)
+    height, width = rgb.shape[:2]
+    image = Image.new(mode, (width, height))
+    for rows in _row_strips(height, width):
+        if like.grayscale:
+            luma = rgb[rows].astype(np.float32, copy=False) @ _BT601
+            planes = [_quantize(luma, 16 if mode == "I;16" else 8)]
+            if mode in ("RGB", "RGBA"):
+                planes = planes * 3
+        else:
+            rgb8 = _quantize(rgb[rows], 8)
+            if not keep_alpha:
+                image.paste(Image.fromarray(rgb8), (0, rows.start))
+                continue
+            planes = [rgb8[:, :, 0], rgb8[:, :, 1], rgb8[:, :, 2]]
+        if keep_alpha:
+            assert like.alpha is not None
+            planes.append(like.alpha[rows])
+        strip = planes[0] if len(planes) == 1 else np.stack(planes, axis=2)
+        image.paste(Image.fromarray(strip), (0, rows.start))
+    return image
 
 
 def _matching_icc(like: DecodedImage, mode: str) -> bytes | None:

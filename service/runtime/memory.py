@@ -11,8 +11,9 @@ byte counts per pixel follow the phases a request goes through, each with what i
 * the session: its whole-image state (service.tiling.state: condition, x_t and an ε accumulator
   for diffusion; the input and a ×s output accumulator for one-pass kinds), and while it opens,
   the noise drawn at the image's size next to its padded copy;
-* output: the restored planes and their HWC copy; encode: that copy, the 8-bit planes, Pillow's
-  image and the compressed bytes.
+* output: the restored planes and their HWC copy; encode: that copy, Pillow's image, the
+  compressed bytes and the encoder's own working set (service.imaging.encode quantises in strips
+  straight into Pillow's image, so no image-sized integer or float temporaries).
 
 Network passes are not per request: the batcher runs one pass at a time per task, so their
 working set is a process reserve measured once at start-up (``measure_pass_bytes``).
@@ -41,9 +42,12 @@ DECODE_BPP = 34
 division (12 + 12), a grayscale image's replication, alpha (1)."""
 FLOAT_BPP = 12  # a float32 RGB plane
 UINT8_BPP = 3  # an 8-bit RGB plane
-ENCODE_EXTRA_BPP = 40
-"""Over the float HWC input while encoding: the encoder's clipped, scaled and rounded float
-copies (3 × 12), the 8-bit planes and Pillow's image."""
+ENCODE_EXTRA_BPP: dict[str, int] = {"PNG": 12, "JPEG": 12, "TIFF": 18, "WEBP": 48}
+"""Bytes per output pixel over the float HWC input while encoding, per output format: Pillow's
+image (≤ 4: RGB is stored as 4 bytes), the compressed bytes (≤ 4 for RGBA noise; the TIFF
+writer holds them twice) and a strip (measured at most 9 for PNG, 8 for JPEG, 15 for TIFF).
+WebP adds libwebp's working set: its ARGB picture, YUV planes, token buffers and, with alpha,
+the lossless alpha coder (measured up to 42)."""
 REQUEST_SLACK_BYTES = 32 * MB
 """Per request: tile weights, strips of whole-image arithmetic, a few tiles, Python objects."""
 SLACK_FRACTION = 0.10
@@ -72,13 +76,16 @@ def estimate_request(
     overlap: int,
     eight_bit: bool = True,
     body_bytes: int = 0,
+    output_format: str | None = None,
 ) -> MemoryEstimate:
     """Peak host bytes of restoring a ``height`` × ``width`` image with a model of ``kind``.
 
     ``tile`` is the session's tile size (None: a one-pass kind's whole-image pass, see
     ``TilingPolicy.tile_for``); ``eight_bit`` says the decoded pixels are 8-bit (stored as uint8)
-    rather than 16-bit or float (stored as float32). The result is an upper bound of what the
-    request adds to the process, not counting network passes (a process reserve).
+    rather than 16-bit or float (stored as float32); ``output_format`` ("PNG", "JPEG", "WEBP",
+    "TIFF") is what the result is encoded as; None (not known yet) counts the costliest. The
+    result is an upper bound of what the request adds to the process, not counting network
+    passes (a process reserve).
     """
     pixels = height * width
     multiple = kind.pad_multiple if not kind.takes_timestep else MULTIPLE
@@ -104,7 +111,9 @@ def estimate_request(
         phases["steps"] = cond_bpp * padded + FLOAT_BPP * out_padded
         out_pixels = pixels * s2
         phases["output"] = FLOAT_BPP * out_padded + FLOAT_BPP * out_pixels
-    phases["encode"] = (FLOAT_BPP + ENCODE_EXTRA_BPP) * out_pixels + s2 * pixels  # + alpha
+    encode_bpp = ENCODE_EXTRA_BPP.get((output_format or "").upper(),
+                                      max(ENCODE_EXTRA_BPP.values()))
+    phases["encode"] = (FLOAT_BPP + encode_bpp) * out_pixels + s2 * pixels  # + alpha
     peak = max(phases.values())
     peak = int(peak * (1 + SLACK_FRACTION)) + REQUEST_SLACK_BYTES
     return MemoryEstimate(peak=peak, phases=phases, tiles=tiles)

@@ -23,6 +23,12 @@ import numpy as np
 import torch
 
 from service.imaging import DecodedImage, decode_image, to_tensor
+from service.imaging.errors import UnsupportedFormat
+from service.imaging.formats import (
+    DEFAULT_OUTPUT_FORMAT,
+    SUPPORTED_OUTPUT_FORMATS,
+    normalize_format,
+)
 from service.restoration import TilingPolicy
 from service.runtime.header import ImageHeader, read_header
 from service.runtime.memory import MB, MemoryEstimate, estimate_request, release_memory
@@ -61,30 +67,44 @@ def tiling_policy(settings: Settings, tile: int | None) -> TilingPolicy:
                         force_tiles=tile is not None)
 
 
+def encoded_format(input_format: str, fmt: str | None) -> str | None:
+    """The format the result will be encoded as (the encoder's rule: ``fmt``, else the input's
+    when writable, else PNG); None for an unknown ``fmt``, whose error comes later."""
+    if fmt is not None:
+        try:
+            return normalize_format(fmt)
+        except UnsupportedFormat:
+            return None
+    return input_format if input_format in SUPPORTED_OUTPUT_FORMATS else DEFAULT_OUTPUT_FORMAT
+
+
 def estimate_for(task: TaskModel, settings: Settings, tile: int | None, height: int, width: int,
-                 *, eight_bit: bool = True, body_bytes: int = 0) -> MemoryEstimate:
-    """The request's estimate, for either orientation (EXIF may swap width and height)."""
+                 *, eight_bit: bool = True, body_bytes: int = 0,
+                 output_format: str | None = None) -> MemoryEstimate:
+    """The request's estimate, for either orientation (EXIF may swap width and height); an
+    unknown ``output_format`` counts the costliest encoder."""
     policy = tiling_policy(settings, tile)
     best: MemoryEstimate | None = None
     for h, w in {(height, width), (width, height)}:
         est = estimate_request(task.kind, h, w, tile=policy.tile_for(task.kind, h, w),
                                overlap=policy.overlap, eight_bit=eight_bit,
-                               body_bytes=body_bytes)
+                               body_bytes=body_bytes, output_format=output_format)
         if best is None or est.peak > best.peak:
             best = est
     assert best is not None
     return best
 
 
-def header_estimate(task: TaskModel, settings: Settings, tile: int | None,
-                    body: bytes) -> tuple[ImageHeader | None, MemoryEstimate | None]:
-    """The upload's header and estimate, or (None, None) when the header is unreadable (the
-    decoder then reports why)."""
+def header_estimate(task: TaskModel, settings: Settings, tile: int | None, body: bytes,
+                    fmt: str | None = None) -> tuple[ImageHeader | None, MemoryEstimate | None]:
+    """The upload's header and estimate (encoded as ``fmt``, else like the input), or (None,
+    None) when the header is unreadable (the decoder then reports why)."""
     header = read_header(body)
     if header is None:
         return None, None
     return header, estimate_for(task, settings, tile, header.height, header.width,
-                                eight_bit=header.eight_bit, body_bytes=len(body))
+                                eight_bit=header.eight_bit, body_bytes=len(body),
+                                output_format=encoded_format(header.format, fmt))
 
 
 def compact(image: DecodedImage) -> CompactUpload:
