@@ -17,8 +17,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -205,6 +204,18 @@ def _download(watch: PageWatch, selector: str) -> bytes:
     return Path(path).read_bytes()
 
 
+def _drop(page: object, path: Path) -> None:
+    """A real ``drop`` event carrying the file, as dragging it from a file manager sends."""
+    data = page.evaluate_handle(  # type: ignore[attr-defined]
+        """([name, bytes]) => { const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/png'}));
+            return dt; }""", [path.name, list(path.read_bytes())])
+    drop = page.locator("#drop")  # type: ignore[attr-defined]
+    drop.dispatch_event("dragover", {"dataTransfer": data})
+    assert drop.evaluate("zone => zone.classList.contains('over')")  # highlighted
+    drop.dispatch_event("drop", {"dataTransfer": data})
+
+
 def _card(name: str) -> str:
     return f".card:has(.name:text-is('{name}'))"
 
@@ -233,12 +244,23 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-@dataclass
 class Servers:
-    open: str  # derain: the shipped VmambaIR checkpoint (a real restoration for the
-    # screenshot); denoise: a tiny diffusion fixture (steps, seed, progress); sr: a tiny ×4
-    keyed: str  # with a keys file; denoise only
-    key: str
+    """Two ``diffmamba serve`` processes, started in the background: their URLs wait for them,
+    so the inputs are made and the browser starts meanwhile."""
+
+    def __init__(self, open_start: Future[str], keyed_start: Future[str], key: str) -> None:
+        self._open, self._keyed, self.key = open_start, keyed_start, key
+
+    @property
+    def open(self) -> str:
+        """derain: the shipped VmambaIR checkpoint (a real restoration for the screenshot);
+        denoise: a tiny diffusion fixture (steps, seed, progress); sr: a tiny ×4 fixture."""
+        return self._open.result()
+
+    @property
+    def keyed(self) -> str:
+        """With a keys file holding :attr:`key`; denoise only."""
+        return self._keyed.result()
 
 
 def _models_dir(root: Path, files: dict[str, Path]) -> Path:
@@ -251,8 +273,6 @@ def _models_dir(root: Path, files: dict[str, Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    """Both ``diffmamba serve`` processes start at once: importing torch and loading the
-    models is most of their start-up."""
     if not SHIPPED_DERAIN.is_file():
         pytest.skip(f"{SHIPPED_DERAIN} is not in this checkout")
     root = tmp_path_factory.mktemp("servers")
@@ -270,12 +290,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
                 keyed_models, DIFFMAMBA_WARMUP="false",
                 DIFFMAMBA_API_KEYS_FILE=str(root / "keys.json"))),
         ]
-        open_base, keyed_base = (start.result() for start in starts)
-        yield Servers(open_base, keyed_base, key)
+        yield Servers(*starts, key)
 
 
-def test_page_restores_compares_and_downloads(browser: object, servers: Servers,
-                                              inputs: dict[str, Path], tmp_path: Path) -> None:
+def test_page_restores_compares_and_downloads(servers: Servers, inputs: dict[str, Path],
+                                              browser: object, tmp_path: Path) -> None:
     base = servers.open
     context = browser.new_context(accept_downloads=True,  # type: ignore[attr-defined]
                                   viewport={"width": 1200, "height": 900})
@@ -290,15 +309,17 @@ def test_page_restores_compares_and_downloads(browser: object, servers: Servers,
     page.select_option("#task", "denoise")
     assert page.is_visible("#steps") and page.is_visible("#seed")
     assert "4 steps by default" in page.text_content("#task-info")
-    page.fill("#steps", "40")
+    page.fill("#steps", "24")
     page.fill("#seed", "7")
     page.set_input_files("#files", str(inputs["gradient"]))
     watch.wait("[...document.querySelectorAll('.card .bar')]"
                ".some(b => b.value > 0 && b.value < 1)")
-    assert re.search(r"step \d+/40", page.text_content(".card .progress-text") or "")
+    # 24 steps visit 25 timesteps: one round each over the image's one tile
+    assert re.match(r"round \d+/25 · \d+/25 network passes · 1 tile",
+                    page.text_content(".card .progress-text") or "")
     [denoised] = watch.settle(1)
     assert denoised["state"] == "succeeded", denoised
-    assert denoised["meta"].startswith("seed 7 · 40 steps · ") and "48×40 → 48×40" in \
+    assert denoised["meta"].startswith("seed 7 · 24 steps · ") and "48×40 → 48×40" in \
         denoised["meta"]
     assert any(r.url.endswith(f"/v1/jobs/{denoised['job']}/events") for r in watch.requests)
     data = _download(watch, f"{_card('gradient.png → denoise')} .download")
@@ -366,8 +387,8 @@ def test_page_restores_compares_and_downloads(browser: object, servers: Servers,
     context.close()  # type: ignore[attr-defined]
 
 
-def test_page_with_api_keys_polls_with_the_key(browser: object, servers: Servers,
-                                               inputs: dict[str, Path]) -> None:
+def test_page_with_api_keys_polls_with_the_key(servers: Servers, inputs: dict[str, Path],
+                                               browser: object) -> None:
     base, key = servers.keyed, servers.key
     context = browser.new_context()  # type: ignore[attr-defined]
     watch = PageWatch(context)
@@ -382,7 +403,7 @@ def test_page_with_api_keys_polls_with_the_key(browser: object, servers: Servers
     watch.wait("document.querySelector('#task').value === 'denoise'")
     assert page.evaluate("sessionStorage.getItem('diffmamba.apiKey')") == key
     page.fill("#steps", "3")
-    page.set_input_files("#files", str(inputs["gradient"]))
+    _drop(page, inputs["gradient"])
     [card] = watch.settle(1)
     assert card["state"] == "succeeded" and "3 steps" in card["meta"], card
     job_urls = [r for r in watch.requests[keyed_from:]

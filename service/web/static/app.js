@@ -132,7 +132,8 @@ function showProgress(item, job) {
   let text = "";
   if (job.state === "queued") text = "waiting for a free worker";
   else if (job.state === "running" && p.passes_total) {
-    const rounds = p.steps > 1 ? `step ${p.step}/${p.steps} · ` : "";
+    // rounds over all tiles: S sampling steps visit S + 1 timesteps
+    const rounds = p.steps > 1 ? `round ${p.step}/${p.steps} · ` : "";
     text = `${rounds}${p.passes_done}/${p.passes_total} network passes · ${p.tiles} tile(s)`;
   }
   $(".progress-text", card).textContent = text;
@@ -285,18 +286,21 @@ ui.files.addEventListener("change", () => {
   addFiles(ui.files.files);
   ui.files.value = ""; // choosing the same file again is a new job
 });
+// Files dropped anywhere on the page are taken (a drop the page ignored would make the
+// browser leave it to show the image); the drop zone only marks where to aim.
 for (const name of ["dragenter", "dragover"]) {
-  ui.drop.addEventListener(name, (event) => {
+  window.addEventListener(name, (event) => {
     event.preventDefault();
-    ui.drop.classList.add("over");
+    ui.drop.classList.toggle("over", ui.drop.contains(event.target));
   });
 }
-for (const name of ["dragleave", "drop"]) {
-  ui.drop.addEventListener(name, () => ui.drop.classList.remove("over"));
-}
-ui.drop.addEventListener("drop", (event) => {
+window.addEventListener("dragleave", (event) => {
+  if (event.relatedTarget === null) ui.drop.classList.remove("over"); // left the window
+});
+window.addEventListener("drop", (event) => {
   event.preventDefault();
-  addFiles(event.dataTransfer.files);
+  ui.drop.classList.remove("over");
+  if (event.dataTransfer?.files.length) addFiles(event.dataTransfer.files);
 });
 ui.zipAll.addEventListener("click", () => zipAll().catch((error) => say(describe(error), true)));
 ui.clear.addEventListener("click", clearFinished);
