@@ -237,6 +237,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     gradient = np.stack([x * 5, y * 6, (x + y) * 3], -1).astype(np.uint8)
     paths["gradient"] = root / "gradient.png"
     paths["gradient"].write_bytes(png_bytes(gradient))
+    paths["large"] = root / "large.png"
+    paths["large"].write_bytes(png_bytes(np.resize(gradient, (256, 256, 3))))
     paths["small"] = root / "small.png"
     paths["small"].write_bytes(png_bytes(gradient[:16, :20]))
     paths["broken"] = root / "broken.png"
@@ -412,6 +414,17 @@ def test_page_with_api_keys_polls_with_the_key(servers: Servers, inputs: dict[st
     assert any(r.url.endswith(f"/v1/jobs/{card['job']}") for r in job_urls)  # polled
     assert not any(r.url.endswith("/events") for r in job_urls)  # EventSource sends no key
     assert page.evaluate("document.querySelector('.card .after').naturalWidth") == 48
+
+    # Cancel: a long job (50 steps on a 256² image) is cancelled as soon as it has an id.
+    page.fill("#steps", "50")
+    _drop(page, inputs["large"])
+    watch.wait("document.querySelector('.card').dataset.jobId")
+    page.click(".card .cancel")
+    cancelled = watch.settle(2)[0]
+    assert cancelled["state"] == "cancelled", cancelled
+    assert cancelled["error"] == "Job cancelled: cancelled by request (cancelled)"
+    assert any(r.method == "DELETE" and r.headers.get("x-api-key") == key
+               for r in watch.requests)  # type: ignore[attr-defined]
 
     # A reload keeps the key for this tab; a wrong key is refused with the server's words.
     page.reload()
