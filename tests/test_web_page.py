@@ -140,7 +140,7 @@ def _chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # Playwright's sync API holds an event loop: not past here
 def browser() -> Iterator[object]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="the dev extra has playwright")
     executable = _chromium()
