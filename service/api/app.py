@@ -15,7 +15,9 @@ from service import __version__
 from service.api.errors import error_response, install_error_handlers
 from service.api.jobs import router as jobs_router
 from service.api.middleware import install_middleware
+from service.api.openapi import install_openapi
 from service.api.restore import router as restore_router
+from service.api.schemas import DRAINING, NOT_READY, SERVER_ERROR, Alive, Ready, TaskList
 from service.api.state import ServiceState
 from service.settings import Settings
 from service.web import install_web
@@ -54,13 +56,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_middleware(app, state)
     app.include_router(restore_router)
     app.include_router(jobs_router)
+    install_openapi(app, state)
     install_web(app)
 
-    @app.get("/healthz", summary="Liveness: the process answers")
+    @app.get("/healthz", summary="Liveness: the process answers", response_model=None,
+             responses={200: {"model": Alive}, **SERVER_ERROR})
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", summary="Readiness: models loaded and warm, not draining")
+    @app.get("/readyz", summary="Readiness: models loaded and warm, not draining",
+             responses={200: {"model": Ready}, **NOT_READY, **SERVER_ERROR})
     async def readyz() -> JSONResponse:
         if state.ready and not state.draining:
             return JSONResponse({"status": "ready", "tasks": sorted(state.tasks)})
@@ -69,11 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   "models are loading")
         return error_response(503, "not_ready", reason, {"Retry-After": "5"})
 
-    @app.get("/v1/tasks", summary="Served tasks with their model kind, config and checkpoint")
+    @app.get("/v1/tasks", summary="Served tasks with their model kind, config and checkpoint",
+             response_model=None, responses={200: {"model": TaskList}, **DRAINING, **SERVER_ERROR})
     async def tasks() -> dict[str, Any]:
         return {"tasks": [t.describe() for t in state.tasks.values()], "ready": state.ready}
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
+             responses={200: {"description": "the Prometheus text format",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **SERVER_ERROR})
     async def metrics(_: Request) -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -13,9 +13,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger("service.api")
 CLIENT_CLOSED = 499  # nginx's code: the client went away before the answer
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 class ApiError(Exception):
@@ -69,6 +71,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_parameter", _describe_validation(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return error_response(exc.status_code, code, str(exc.detail), headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method of the path, for a 405's ``Allow`` (RFC 9110 15.5.6). Starlette names only
+    those of the first route that matched the path, and one path can have several routes
+    (GET and DELETE /v1/jobs/{id}); included routers hide their routes' methods, so each
+    method is tried against the whole router instead."""
+    routes = request.app.router.routes
+    allowed = [method for method in HTTP_METHODS
+               if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                      for route in routes)]
+    return ", ".join(allowed)

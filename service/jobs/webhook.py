@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 logger = logging.getLogger("service.jobs")
+# A URL carries no raw space or control character (RFC 3986); the HTTP client refuses them only
+# when the job ends, so they are refused at submit.
+UNSAFE_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
 
 
 class WebhookRefusedError(ValueError):
@@ -32,6 +36,8 @@ def check_webhook_url(url: str, allowed_hosts: Sequence[str]) -> str:
         raise WebhookRefusedError(f"webhook: not a URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not host:
         raise WebhookRefusedError(f"webhook: need an http(s) URL with a host, got {url!r}")
+    if UNSAFE_URL_CHARS.search(url):
+        raise WebhookRefusedError(f"webhook: a space or control character in {url!r}")
     for entry in (h.strip().lower() for h in allowed_hosts):
         if host == entry or (entry.startswith(".") and host.endswith(entry)):
             return url
