@@ -71,18 +71,36 @@ KNOWN_ENV = ({f"DIFFMAMBA_{name.upper()}" for name in Settings.model_fields}
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A real server with traffic: one 200, one 503 queue_full (so drop counters exist)."""
+    """A real server with traffic: one 200, one 503 queue_full (so drop counters exist).
+
+    Every request in flight holds a queue slot, so with one slot a request sent while a long one
+    runs is refused."""
+    import threading
+
     models = make_models_dir(tmp_path_factory.mktemp("deploy"))
-    with LiveServer(models, tile_size=32, tile_overlap=8, max_queue_size=4,
+    with LiveServer(models, tile_size=16, tile_overlap=8, max_queue_size=1,
                     max_queue_delay_ms=5.0) as server:
+        small = png_bytes(random_image(16, 16))
         ok = httpx.post(f"{server.url}/restore", params={"task": "derain", "steps": 1, "seed": 0},
-                        content=png_bytes(random_image(16, 16)),
-                        headers={"Content-Type": "image/png"}, timeout=60)
+                        content=small, headers={"Content-Type": "image/png"}, timeout=60)
         assert ok.status_code == 200, ok.text
-        full = httpx.post(f"{server.url}/restore", params={"task": "derain", "steps": 1},
-                          content=png_bytes(random_image(64, 64)),  # 9 tiles > queue of 4
-                          headers={"Content-Type": "image/png"}, timeout=60)
-        assert full.status_code == 503 and full.json()["error"] == "queue_full"
+        statuses: list[object] = []
+
+        def one(steps: int) -> None:
+            try:
+                r = httpx.post(f"{server.url}/restore", params={"task": "derain", "steps": steps},
+                               content=png_bytes(random_image(32, 32)),
+                               headers={"Content-Type": "image/png"}, timeout=300)
+                statuses.append(r.json()["error"] if r.status_code == 503 else r.status_code)
+            except httpx.HTTPError as exc:
+                statuses.append(repr(exc))
+
+        clients = [threading.Thread(target=one, args=(8,)) for _ in range(6)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(300)
+        assert "queue_full" in statuses and 200 in statuses, statuses
         yield server
 
 
@@ -106,7 +124,7 @@ def _serve_args(argv: list[str], env: dict[str, str],
     with monkeypatch.context() as m:
         for key, value in env.items():
             m.setenv(key, value)
-        return build_parser().parse_args(argv)
+        return build_parser(argv).parse_args(argv)
 
 
 def _settings_from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
