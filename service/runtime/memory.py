@@ -225,7 +225,10 @@ def measure_pass_bytes(run: Callable[[], object]) -> int:
     """Bytes a blocking call (a network pass) adds to the RSS at its peak, at least 0.
 
     Needs the high-water mark reset (Linux); elsewhere returns 0 and the caller falls back.
+    Freed heap is returned first: a pass that reuses resident free pages would otherwise look
+    smaller than it is, by however much the process happened to hold.
     """
+    release_memory()
     if not reset_peak_rss():
         return 0
     before = current_rss()
