@@ -68,6 +68,25 @@ def test_pairs_are_lr_hr_crops_and_deterministic(pool: Path) -> None:
         ds.set_patch_size(18)
 
 
+def _is_bicubic(lr: torch.Tensor, hr: torch.Tensor) -> bool:
+    expected = bicubic_down(hr.permute(1, 2, 0).numpy())
+    return bool(np.allclose(lr.permute(1, 2, 0).numpy(), expected, atol=1e-6))
+
+
+def test_clean_share_gives_plain_bicubic_pairs(pool: Path) -> None:
+    """Clean pairs are the bicubic LR of their HR crop; without a share none is, and the
+    default stream is unchanged by the option's existence."""
+    mostly = SRPairDataset(pool / "train", 16, 12, seed=1, clean_share=0.9)
+    never = SRPairDataset(pool / "train", 16, 12, seed=1)
+    clean = sum(_is_bicubic(*mostly[i]) for i in range(12))
+    assert clean >= 8
+    assert not any(_is_bicubic(*never[i]) for i in range(12))
+    assert torch.equal(never[3][0], SRPairDataset(pool / "train", 16, 12, seed=1,
+                                                  clean_share=0.0)[3][0])
+    with pytest.raises(ValueError, match="clean_share"):
+        SRPairDataset(pool / "train", 16, 12, clean_share=1.0)
+
+
 def test_a_few_iterations_lower_the_l1_loss() -> None:
     torch.manual_seed(0)
     model = VmambaSR(TINY)

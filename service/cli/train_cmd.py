@@ -118,7 +118,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--epoch-size", type=positive_int,
                    help="synthetic samples per epoch (default 10000)")
     d.add_argument("--clean-share", type=_share,
-                   help="fraction of synthetic pairs left clean, input = target (default 0.1)")
+                   help="fraction of synthetic pairs left clean, input = target; for sr, LR by"
+                        " plain bicubic downsampling (default 0.1)")
     d.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no random flips/rotations")
     d.add_argument("--no-rotate", dest="rotate", action="store_false", default=None,

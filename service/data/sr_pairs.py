@@ -3,8 +3,10 @@
 Item ``i`` is a pure function of (seed, epoch, i) like the restoration datasets (resumable
 batches): an HR crop of ``patch_size`` (a multiple of the scale), a random flip/rotation, and
 its LR input from the chosen generator (Real-ESRGAN's second-order chain by default, or
-bicubic). Crops are taken from images scaled by a random factor in [0.5, 1] first, so the
-network sees textures at more than one size.
+bicubic). A ``clean_share`` of the pairs get the plain bicubic LR instead, the SR counterpart of
+the restoration sets' identity pairs: a network that only ever saw degraded LR learns to smooth
+away detail that a clean photo's LR still carries. Crops are taken from images scaled by a
+random factor in [0.5, 1] first, so the network sees textures at more than one size.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class SRPairDataset(Dataset):
 
     def __init__(self, clean_dir: str | Path, patch_size: int, length: int, seed: int = 0, *,
                  scale: int = SCALE, degradation: str = "second-order",
-                 augment: bool = True) -> None:
+                 augment: bool = True, clean_share: float = 0.0) -> None:
+        if not 0 <= clean_share < 1:
+            raise ValueError(f"clean_share must be in [0, 1), got {clean_share}")
         if degradation not in LR_GENERATORS:
             raise ValueError(f"unknown degradation {degradation!r}; "
                              f"expected one of {', '.join(LR_GENERATORS)}")
@@ -42,6 +46,7 @@ class SRPairDataset(Dataset):
             raise ValueError(f"no clean images in {self.clean_dir}")
         self.scale, self.length, self.seed = int(scale), int(length), int(seed)
         self.degradation, self.augment = degradation, augment
+        self.clean_share = float(clean_share)
         self.epoch = 0
         self.set_patch_size(patch_size)
 
@@ -74,5 +79,7 @@ class SRPairDataset(Dataset):
             k = int(rng.integers(0, 8))
             hr = np.rot90(hr[:, ::-1] if k & 4 else hr, k & 3, axes=(0, 1))
         hr = np.round(np.ascontiguousarray(hr) * 255) / np.float32(255)
-        lr = LR_GENERATORS[self.degradation](hr, rng, self.scale)
+        # drawn only when asked for, so a set without clean pairs keeps its random stream
+        clean = self.clean_share > 0 and rng.random() < self.clean_share
+        lr = LR_GENERATORS["bicubic" if clean else self.degradation](hr, rng, self.scale)
         return _to_tensor(np.asarray(lr)), _to_tensor(hr)

@@ -126,7 +126,8 @@ def train_dataset(cfg: TrainConfig,
     if _scale(cfg) > 1:  # LR/HR pairs: the input is 1/scale of the target
         assert cfg.clean is not None
         return SRPairDataset(_split_dirs(Path(cfg.clean))[0], patch, cfg.epoch_size, seed,
-                             scale=_scale(cfg), augment=cfg.augment)
+                             scale=_scale(cfg), augment=cfg.augment,
+                             clean_share=cfg.clean_share)
     if cfg.pairs is not None:
         return PairedFolderDataset(cfg.pairs, patch, augment=cfg.augment, seed=seed,
                                    rotate=cfg.rotate)
