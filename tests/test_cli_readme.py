@@ -109,6 +109,8 @@ def test_readme_examples_run_as_written(tmp_path: Path, monkeypatch: pytest.Monk
     assert (tmp_path / "restored" / "trip" / "c_deblur.png").is_file()
     assert (tmp_path / "out" / "trip" / "b_derain.png").is_file()
     assert (tmp_path / "clean" / "rainy.png").is_file()
+    with Image.open(tmp_path / "large" / "rainy_sr.png") as upscaled:  # 28x20 in, x4 out
+        assert upscaled.size == (4 * 28, 4 * 20)
     assert (tmp_path / "served" / "trip" / "b_derain.jpg").is_file()
     leftovers = [p for p in tmp_path.rglob(".*")
                  if "models" not in p.parts and ".served-models" not in p.parts]
