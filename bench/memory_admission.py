@@ -131,7 +131,8 @@ class RssSampler(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(2)
+        if self.is_alive():
+            self.join(2)
 
     def peak(self, start: float, end: float) -> tuple[int, int]:
         """(max sampled VmRSS, max VmHWM) between ``start`` and ``end``."""
@@ -164,7 +165,8 @@ class HealthPoller(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(35)
+        if self.is_alive():
+            self.join(35)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -439,9 +441,9 @@ def main() -> int:
                                         images[phase.size], sampler, health, args.timeout_s,
                                         log))
         finally:
+            server.terminate()  # first: nothing below may leave the server running
             health.stop()
             sampler.stop()
-            server.terminate()
             try:
                 server.wait(60)
             except subprocess.TimeoutExpired:
