@@ -109,14 +109,34 @@ def test_gaussian_noise_std_matches_sigma() -> None:
 def test_noise_params_in_range_and_poisson_is_signal_dependent() -> None:
     rng = np.random.default_rng(0)
     params = [sample_noise_params(rng) for _ in range(200)]
-    assert all(5 / 255 <= p.sigma <= 50 / 255 for p in params)
+    assert all(1 / 255 <= p.sigma <= 55 / 255 for p in params)
     shots = [p.shot for p in params if p.shot > 0]
     assert 20 < len(shots) < 120 and all(5e-4 <= s <= 1e-2 for s in shots)
+    qualities = [p.jpeg_quality for p in params if p.jpeg_quality is not None]
+    assert 20 < len(qualities) < 90 and all(30 <= q <= 95 for q in qualities)
     p = NoiseParams(sigma=2 / 255, shot=0.01)
     dark, bright = np.full((64, 64, 3), 0.1, np.float32), np.full((64, 64, 3), 0.8, np.float32)
     std_dark = np.std(add_noise(dark, np.random.default_rng(3), p)[0] - dark)
     std_bright = np.std(add_noise(bright, np.random.default_rng(3), p)[0] - bright)
     assert std_bright > 2 * std_dark
+
+
+def test_jpeg_share_leaves_block_artifacts() -> None:
+    # 8x8 block boundaries of the JPEG grid: a compressed noisy image has larger jumps across
+    # them than inside the blocks; plain noise has none.
+    grey = np.full((64, 64, 3), 0.5, np.float32)
+    params = NoiseParams(sigma=20 / 255, jpeg_quality=30)
+    jpeg, _ = add_noise(grey, np.random.default_rng(4), params)
+    plain, _ = add_noise(grey, np.random.default_rng(4), NoiseParams(sigma=20 / 255))
+
+    def boundary_ratio(img: np.ndarray) -> float:
+        d = np.abs(np.diff(img[..., 0], axis=1))
+        across = d[:, 7::8].mean()
+        inside = np.delete(d, np.s_[7::8], axis=1).mean()
+        return float(across / inside)
+
+    assert boundary_ratio(jpeg) > 1.2 > boundary_ratio(plain)
+    assert np.std(jpeg - grey) < np.std(plain - grey)
 
 
 def test_blur_kernels_are_normalised_and_centred() -> None:

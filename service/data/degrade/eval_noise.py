@@ -19,11 +19,9 @@ levels (sigma = 25 means 25/255), the unit the denoising benchmarks quote.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
-from .noise import NoiseParams, add_noise
+from .noise import NoiseParams, add_noise, jpeg_round_trip
 from .validate import check_image, check_range, to_8bit
 
 GAUSSIAN_SIGMA_RANGE = (1.0, 75.0)
@@ -73,17 +71,9 @@ def jpeg_noise(
     clean: np.ndarray, rng: np.random.Generator, *, sigma: float, quality: int
 ) -> np.ndarray:
     """AWGN of ``sigma`` / 255, then JPEG compression at ``quality``."""
-    from PIL import Image
-
     s = check_range("sigma", sigma, JPEG_SIGMA_RANGE)
     if isinstance(quality, bool) or int(quality) != quality:
         raise ValueError(f"quality must be an integer, got {quality!r}")
     q = int(check_range("quality", quality, JPEG_QUALITY_RANGE))
     noisy = add_noise(check_image(clean), rng, NoiseParams(sigma=s / 255.0))[0]
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(noisy * 255.0).astype(np.uint8)).save(
-        buffer, format="JPEG", quality=q, subsampling=2)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        out = np.asarray(decoded.convert("RGB"), dtype=np.float32) / np.float32(255.0)
-    return to_8bit(out)
+    return to_8bit(jpeg_round_trip(noisy, q))
