@@ -5,14 +5,21 @@ a small image REPEAT times with ``service.diffusion.restore`` and reports the me
 and the CPU time per restore:
 
 * ``alone``: nothing else running;
-* ``busy``: one competing process spinning on a core for the whole measurement;
+* ``busy``: one competing process spinning on a core for the whole measurement, default
+  threads (the budget, lowered per pass by ``service.thread_governor`` while others use the
+  cores);
+* ``busy_fixed``: the same with ``DIFFMAMBA_THREADS`` set to the budget, which turns the
+  governor off (the behaviour without it);
 * ``taskset1``: the process pinned to one core (``taskset -c 0``) with no thread setting,
   so the pool size must come from the affinity mask;
 * ``quota1``: a cgroup CPU quota of one CPU (cgroup v1 or v2, needs root; skipped otherwise),
   again with no thread setting;
 * ``threads1``: ``DIFFMAMBA_THREADS=1``, the reference the two previous cases must match;
-* ``busy_threads1``: one thread while the competing process runs (what a contention-aware
-  thread count would choose).
+* ``busy_threads1``: one thread while the competing process runs (what the governor should
+  match).
+
+Each pass goes through ``service.restoration.restore_image``, the path of ``diffmamba restore``.
+The table's "used" column is the set of thread counts the timed passes ran with.
 
 ``--wait spin`` repeats alone/busy with the OpenMP runtime's own default waiting
 (``OMP_WAIT_POLICY`` set empty, i.e. the spin-then-sleep behaviour of an unconfigured libgomp) to
@@ -37,25 +44,30 @@ from typing import Any
 WORKER = r"""
 import json, resource, statistics, sys, time
 import torch
-from service.diffusion import restore
-from service.models import load_model
+from service import thread_governor
+from service.models.loader import load_checkpoint
+from service.restoration import restore_image
 from service.threads import apply_threads
 
 checkpoint, size, repeat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 threads = apply_threads()
-model = load_model(checkpoint, device="cpu")
+loaded = load_checkpoint(checkpoint, device="cpu")
 image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-with torch.inference_mode():
-    for _ in range(2):
-        restore(model, image, steps=4, seed=0)
-    walls, cpus = [], []
-    for _ in range(repeat):
-        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        restore(model, image, steps=4, seed=0)
-        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-        walls.append(t1 - t0)
-        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
-print(json.dumps({"threads": threads, "wall_median": statistics.median(walls),
+governor = thread_governor.installed()
+used = []
+def on_round(i, n):
+    used.append(torch.get_num_threads())
+for _ in range(2):
+    restore_image(loaded.model, loaded.kind, image, steps=4, seed=0)
+walls, cpus = [], []
+for _ in range(repeat):
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    restore_image(loaded.model, loaded.kind, image, steps=4, seed=0, on_round=on_round)
+    t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    walls.append(t1 - t0)
+    cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+print(json.dumps({"threads": threads, "governed": governor is not None,
+                  "threads_used": sorted(set(used)), "wall_median": statistics.median(walls),
                   "wall_max": max(walls), "cpu_median": statistics.median(cpus)}))
 """
 
@@ -133,6 +145,9 @@ def main() -> None:
         rows.append({**run_case("alone", args, env, []), "wait": wait})
         rows.append({**run_case("busy", args, env, [], busy=True), "wait": wait})
     env = dict(base)
+    budget = rows[0]["threads"]
+    rows.append({**run_case("busy_fixed", args, {**env, "DIFFMAMBA_THREADS": str(budget)}, [],
+                            busy=True), "wait": "passive"})
     rows.append({**run_case("threads1", args, {**env, "DIFFMAMBA_THREADS": "1"}, []),
                  "wait": "passive"})
     rows.append({**run_case("busy_threads1", args, {**env, "DIFFMAMBA_THREADS": "1"}, [],
@@ -155,12 +170,13 @@ def main() -> None:
     alone = {r["wait"]: r["wall_median"] for r in rows if r["case"] == "alone"}
     print(f"{args.checkpoint.name}, {args.size}², 4 steps, median of {args.repeat}; "
           f"{os.cpu_count()} CPUs")
-    print("| case | wait | threads | wall (s) | worst (s) | CPU (s) | vs alone |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| case | wait | threads | used | wall (s) | worst (s) | CPU (s) | vs alone |")
+    print("|---|---|---:|---|---:|---:|---:|---:|")
     for r in rows:
         ref = alone.get(r["wait"]) or alone.get("passive")
         ratio = r["wall_median"] / ref if ref else float("nan")
-        print(f"| {r['case']} | {r['wait']} | {r['threads']} | {r['wall_median']:.3f} | "
+        used = ",".join(str(n) for n in r["threads_used"])
+        print(f"| {r['case']} | {r['wait']} | {r['threads']} | {used} | {r['wall_median']:.3f} | "
               f"{r['wall_max']:.3f} | {r['cpu_median']:.3f} | {ratio:.2f}× |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

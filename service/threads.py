@@ -149,10 +149,20 @@ def prepare_environment() -> None:
 def apply_threads(threads: int | None = None) -> int:
     """Size torch's and numba's pools to ``requested_threads(threads)``; returns the count.
 
+    Without an explicit count the budget is a ceiling: ``service.thread_governor`` lowers each
+    CPU pass's count while other processes keep this process's CPUs busy.
+
     numba cannot grow past the pool it started with (``NUMBA_NUM_THREADS``), so it gets the
     smaller of the two.
     """
     n = requested_threads(threads)
+    from service import thread_governor
+
+    explicit = threads is not None or bool(os.environ.get("DIFFMAMBA_THREADS", "").strip())
+    if explicit:
+        thread_governor.install(None)
+    else:
+        thread_governor.install_for_budget(n)
     if "numba" not in sys.modules:
         # numba starts NUMBA_NUM_THREADS workers at its first parallel kernel, however few a
         # kernel then asks for: size the pool now, while it can still be sized.

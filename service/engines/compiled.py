@@ -25,6 +25,7 @@ import torch._dynamo.config as dynamo_config
 from service.engines.base import StaticEngine, logger, pad_batch, padded_batch_sizes
 from service.engines.eager import TorchEngine, forward
 from service.engines.mixers import make_mixers_opaque
+from service.thread_governor import govern_pass
 
 GRAPHS_PER_SIZE = 32
 """Graphs one code object may need per batch size: one per distinct block shape (levels,
@@ -48,6 +49,8 @@ class CompiledEngine(StaticEngine):
     def _run_static(self, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
         b = x.shape[0]
         size = next(s for s in self.sizes if s >= b)
+        if self.eager.device.type == "cpu":
+            govern_pass()
         with torch.inference_mode():
             x = pad_batch(x, size).to(self.eager.device, non_blocking=True)
             t = None if t is None else pad_batch(t, size).to(self.eager.device)

@@ -17,6 +17,7 @@ from service.engines.mixers import keep_mixers_fp32
 from service.engines.precision import DTYPES, autocast
 from service.engines.warmup import warmup_inputs
 from service.models.kinds import model_kind
+from service.thread_governor import govern_pass
 
 WARMUP_SIZE = 32
 
@@ -55,6 +56,8 @@ class TorchEngine(Engine):
 
     def run(self, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
         t = self._check_t(x, t)
+        if self.device.type == "cpu":
+            govern_pass()
         with torch.inference_mode():
             x = x.to(self.device, non_blocking=True)
             t = None if t is None else t.to(self.device)

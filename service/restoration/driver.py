@@ -15,6 +15,7 @@ from service.diffusion.sampler import DEFAULT_STEPS
 from service.models.kinds import ModelKind
 from service.restoration.plan import TilingPolicy, open_session
 from service.restoration.protocol import RestorationSession
+from service.thread_governor import govern_pass
 
 Pass = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 """``run(x (B, C, h, w), t (B,) or None) -> (B, 3, sh, sw)``: an engine's ``run``, or a model
@@ -37,6 +38,8 @@ def model_pass(model: Callable[..., torch.Tensor], kind: ModelKind,
     target = torch.device(device) if device is not None else model_device
 
     def run(x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        if target.type == "cpu":
+            govern_pass()
         x = x.to(target, dtype)
         t = None if t is None else t.to(target)
         return kind.forward(model, x, t).float().cpu()
