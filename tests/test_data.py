@@ -154,6 +154,36 @@ def test_blur_kernels_are_normalised_and_centred() -> None:
         random_motion_kernel(rng, size=8)
 
 
+def test_every_kernel_family_is_normalised_centred_and_drawn_by_the_mix() -> None:
+    from service.data.degrade.blur import (
+        DEFOCUS_RADIUS_RANGE,
+        GAUSSIAN_SIGMA_RANGE,
+        KERNEL_MIX,
+        defocus_kernel,
+        gaussian_kernel,
+        linear_motion_kernel,
+        random_kernel,
+    )
+
+    rng = np.random.default_rng(5)
+    kernels = [linear_motion_kernel(rng) for _ in range(10)]
+    kernels += [defocus_kernel(r) for r in (*DEFOCUS_RADIUS_RANGE, 2.5)]
+    kernels += [gaussian_kernel(s) for s in (*GAUSSIAN_SIGMA_RANGE, 1.7)]
+    for k in kernels:
+        size = k.shape[0]
+        assert k.shape == (size, size) and size % 2 == 1 and size <= 31
+        assert k.min() >= 0 and k.sum() == pytest.approx(1.0, abs=1e-5)
+        ys, xs = np.mgrid[0:size, 0:size]
+        assert (k * ys).sum() == pytest.approx(size // 2, abs=0.05)
+        assert (k * xs).sum() == pytest.approx(size // 2, abs=0.05)
+    line = linear_motion_kernel(np.random.default_rng(6), size=21)
+    assert np.count_nonzero(line > 1e-3) < 21 * 4  # a thin streak, not a blob
+    # The mix: shake kernels are the only asymmetric ones; about KERNEL_MIX["shake"] of draws.
+    draws = [random_kernel(np.random.default_rng(i)) for i in range(200)]
+    asymmetric = sum(not np.allclose(k, k[::-1, ::-1], atol=1e-4) for k in draws)
+    assert abs(asymmetric / 200 - KERNEL_MIX["shake"]) < 0.12
+
+
 def test_convolve_impulse_response_and_constant() -> None:
     k = random_motion_kernel(np.random.default_rng(3), size=11)
     delta = np.zeros((31, 33, 3), np.float32)

@@ -1,6 +1,18 @@
-"""Synthetic camera-shake motion blur for training the deblurring network.
+"""Synthetic blur for training the deblurring network: mostly camera shake, plus the other blurs
+photos meet.
 
-The kernel is the image of a random camera trajectory (after Boracchi & Foi 2012, the model
+Kernel families, drawn per image with the probabilities of ``KERNEL_MIX``:
+
+* **camera shake** (0.45): see below;
+* **linear motion** (0.30): a straight path of length ``K - 2`` px at a uniform angle, even
+  dwell, rasterised like a shake path (a panning camera or a moving subject);
+* **defocus** (0.15): a uniform disk of radius in ``DEFOCUS_RADIUS_RANGE`` px with an
+  anti-aliased rim (an out-of-focus lens);
+* **Gaussian** (0.10): std in ``GAUSSIAN_SIGMA_RANGE`` px (soft optics, upscaled photos).
+
+A network that only ever saw shake trajectories leaves a straight streak or a soft focus alone.
+
+The shake kernel is the image of a random camera trajectory (after Boracchi & Foi 2012, the model
 DeblurGAN uses): a 2-D path with momentum whose heading drifts smoothly, takes occasional
 abrupt turns (hand jerks) and is pulled back towards its start (the photographer
 compensating). Speed varies smoothly along the path, so some parts of the kernel are
@@ -29,6 +41,9 @@ import numpy as np
 
 KERNEL_SIZE_RANGE = (7, 31)
 NOISE_SIGMA_RANGE = (0.0, 2.0 / 255.0)
+DEFOCUS_RADIUS_RANGE = (1.0, 6.0)
+GAUSSIAN_SIGMA_RANGE = (0.5, 3.0)
+KERNEL_MIX = {"shake": 0.45, "linear": 0.30, "defocus": 0.15, "gaussian": 0.10}
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,9 +124,56 @@ def random_motion_kernel(rng: np.random.Generator, size: int | None = None) -> n
     return (kernel / kernel.sum()).astype(np.float32)
 
 
+def linear_motion_kernel(rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+    """A normalised straight-streak kernel of length ``size - 2`` at a random angle."""
+    lo, hi = KERNEL_SIZE_RANGE
+    if size is None:
+        size = 2 * int(rng.integers(lo // 2, hi // 2 + 1)) + 1
+    if size % 2 == 0 or not lo <= size <= hi:
+        raise ValueError(f"kernel size must be odd and in [{lo}, {hi}], got {size}")
+    half = (size - 2) / 2.0
+    n = int(np.ceil(8 * size))
+    points = np.linspace(-half, half, n) * np.exp(1j * rng.uniform(0.0, np.pi))
+    kernel = _rasterise(points, np.full(n, 1.0 / n), size)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def defocus_kernel(radius: float) -> np.ndarray:
+    """A normalised disk of ``radius`` px, its rim anti-aliased by 4x4 supersampling."""
+    r = int(np.ceil(radius))
+    size = 2 * r + 1
+    sub = (np.arange(size * 4) + 0.5) / 4.0 - size / 2.0
+    yy, xx = np.meshgrid(sub, sub, indexing="ij")
+    inside = (xx**2 + yy**2 <= radius**2).astype(np.float64)
+    kernel = inside.reshape(size, 4, size, 4).mean(axis=(1, 3))
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """A normalised isotropic Gaussian of std ``sigma`` px, radius ceil(3 sigma)."""
+    r = max(1, int(np.ceil(3.0 * sigma)))
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-(x**2) / (2.0 * sigma**2))
+    kernel = np.outer(g, g)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def random_kernel(rng: np.random.Generator) -> np.ndarray:
+    """A kernel from ``KERNEL_MIX``: shake, linear motion, defocus or Gaussian."""
+    names = list(KERNEL_MIX)
+    family = names[int(rng.choice(len(names), p=np.array(list(KERNEL_MIX.values()))))]
+    if family == "shake":
+        return random_motion_kernel(rng)
+    if family == "linear":
+        return linear_motion_kernel(rng)
+    if family == "defocus":
+        return defocus_kernel(float(rng.uniform(*DEFOCUS_RADIUS_RANGE)))
+    return gaussian_kernel(float(rng.uniform(*GAUSSIAN_SIGMA_RANGE)))
+
+
 def sample_blur_params(rng: np.random.Generator) -> BlurParams:
     """Draw a kernel and a noise level from the documented training ranges."""
-    kernel = random_motion_kernel(rng)
+    kernel = random_kernel(rng)
     return BlurParams(kernel=kernel, noise_sigma=float(rng.uniform(*NOISE_SIGMA_RANGE)))
 
 
@@ -143,7 +205,7 @@ def convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def motion_blur(
     clean: np.ndarray, rng: np.random.Generator, params: BlurParams | None = None
 ) -> tuple[np.ndarray, BlurParams]:
-    """Return ``(blurred, params)``: blur with a random trajectory kernel, then slight noise."""
+    """Return ``(blurred, params)``: blur with a random kernel of the mix, then slight noise."""
     if params is None:
         params = sample_blur_params(rng)
     out = convolve(clean, params.kernel)
