@@ -101,13 +101,19 @@ def _rasterise(points: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray
     return kernel
 
 
-def random_motion_kernel(rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-    """A normalised (size, size) camera-shake kernel; ``size`` odd in [7, 31] (random if None)."""
+def _kernel_size(rng: np.random.Generator, size: int | None) -> int:
+    """``size`` checked (odd, in ``KERNEL_SIZE_RANGE``), or drawn from that range when None."""
     lo, hi = KERNEL_SIZE_RANGE
     if size is None:
         size = 2 * int(rng.integers(lo // 2, hi // 2 + 1)) + 1
     if size % 2 == 0 or not lo <= size <= hi:
         raise ValueError(f"kernel size must be odd and in [{lo}, {hi}], got {size}")
+    return size
+
+
+def random_motion_kernel(rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+    """A normalised (size, size) camera-shake kernel; ``size`` odd in [7, 31] (random if None)."""
+    size = _kernel_size(rng, size)
     pos, dwell = _trajectory(rng)
     # Resample densely (>= 4 points per pixel of path) so the raster has no gaps.
     seg = np.abs(np.diff(pos))
@@ -126,11 +132,7 @@ def random_motion_kernel(rng: np.random.Generator, size: int | None = None) -> n
 
 def linear_motion_kernel(rng: np.random.Generator, size: int | None = None) -> np.ndarray:
     """A normalised straight-streak kernel of length ``size - 2`` at a random angle."""
-    lo, hi = KERNEL_SIZE_RANGE
-    if size is None:
-        size = 2 * int(rng.integers(lo // 2, hi // 2 + 1)) + 1
-    if size % 2 == 0 or not lo <= size <= hi:
-        raise ValueError(f"kernel size must be odd and in [{lo}, {hi}], got {size}")
+    size = _kernel_size(rng, size)
     half = (size - 2) / 2.0
     n = int(np.ceil(8 * size))
     points = np.linspace(-half, half, n) * np.exp(1j * rng.uniform(0.0, np.pi))
