@@ -21,6 +21,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from service import thread_governor
+
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -91,6 +93,16 @@ class ServiceMetrics:
             "diffmamba_process_resident_memory_bytes", "Resident set size of the process",
             registry=r,
         )
+        self.cpu_threads = Gauge(
+            "diffmamba_cpu_threads",
+            "Threads of the last CPU network pass (lowered while other processes use the cores)",
+            registry=r,
+        )
+        self.cpu_others = Gauge(
+            "diffmamba_cpu_contention_cpus",
+            "CPUs other processes used on this process's CPUs, at the last measurement",
+            registry=r,
+        )
         self.model_load_seconds = Gauge(
             "diffmamba_model_load_seconds", "Time to load and warm a task's model", ["task"],
             registry=r,
@@ -118,6 +130,12 @@ class ServiceMetrics:
     def refresh_process_gauges(self) -> None:
         """Sampled at scrape time: memory gauges are only useful when current."""
         self.resident_memory.set(current_rss_bytes())
+        governor = thread_governor.installed()
+        if governor is not None:
+            self.cpu_threads.set(governor.current)
+            self.cpu_others.set(governor.others_cpus)
+        else:
+            self.cpu_threads.set(torch.get_num_threads())
         if torch.cuda.is_available():
             for index in range(torch.cuda.device_count()):
                 label = f"cuda:{index}"

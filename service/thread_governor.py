@@ -96,6 +96,11 @@ class ThreadGovernor:
         busy = read_busy_seconds(self.cpus, self._read_stat(), self._ticks)
         return CpuSample(busy_s=busy, own_s=self._own_cpu_s(), at_s=self._clock())
 
+    @property
+    def current(self) -> int:
+        """The count of the last decision (what the latest pass ran with)."""
+        return self._threads
+
     def threads(self) -> int:
         """The count for a pass starting now (remeasured at most once per window)."""
         with self._lock:

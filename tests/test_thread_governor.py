@@ -143,3 +143,19 @@ def test_explicit_thread_counts_are_not_governed(monkeypatch: pytest.MonkeyPatch
     finally:
         thread_governor.install(None)
         torch.set_num_threads(before)
+
+
+def test_metrics_show_the_governed_count_and_the_contention() -> None:
+    from service.metrics import ServiceMetrics
+
+    m = FakeMachine()
+    g = m.governor()
+    m.advance(1.0, others=1.0, own=1.0)
+    g.threads()
+    thread_governor.install(g)
+    try:
+        text = ServiceMetrics().render().decode()
+    finally:
+        thread_governor.install(None)
+    assert "diffmamba_cpu_threads 1.0" in text
+    assert "diffmamba_cpu_contention_cpus 1.0" in text
