@@ -25,7 +25,8 @@ The table's "used" column is the set of thread counts the timed passes ran with.
 (``OMP_WAIT_POLICY`` set empty, i.e. the spin-then-sleep behaviour of an unconfigured libgomp) to
 show what passive waiting buys.
 
-    python bench/contention.py --checkpoint models/denoise.safetensors --size 64 --repeat 10
+    python bench/contention.py --checkpoint models/denoise-diffmamba.safetensors --size 64 \\
+        --repeat 10
     python bench/contention.py --wait both --json runs/bench/contention.json
 """
 
@@ -126,7 +127,7 @@ def run_case(name: str, args: argparse.Namespace, env: dict[str, str], prefix: l
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=Path("models/denoise.safetensors"))
+    p.add_argument("--checkpoint", type=Path, default=Path("models/denoise-diffmamba.safetensors"))
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--wait", choices=("passive", "spin", "both"), default="both")

@@ -25,7 +25,7 @@ PSNR against eager fp32 (the service's 45 dB check).
     python bench/engines.py                               # small random config, 256 tile, CPU
     python bench/engines.py --engines eager onnxruntime --repeat 5 --threads 2
     python bench/engines.py --device cuda --batches 1 4 8 16 --json engines.json
-    python bench/engines.py --checkpoint models/denoise.safetensors
+    python bench/engines.py --checkpoint models/denoise-diffmamba.safetensors
 
 Timing on a shared machine: --threads 1 makes every engine single-threaded and the comparison
 fairer under load (see bench/contention.py for how a pass degrades when it shares the CPU).

@@ -16,7 +16,8 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 SHIPPED = {p.stem: p for p in sorted(MODELS.glob("*.safetensors"))}
 # The least a default must gain over its degraded input on the sample below (dB): modest, as
 # the CPU-trained defaults are below the targets (their cards give the full numbers).
-MIN_GAIN = {"denoise": 1.0, "derain": 0.5, "derain-diffmamba": 0.5, "deblur": 0.0, "sr": 0.5}
+MIN_GAIN = {"denoise": 4.0, "denoise-diffmamba": 1.0, "derain": 0.5, "derain-diffmamba": 0.5,
+            "deblur": 0.0, "sr": 0.5}
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
