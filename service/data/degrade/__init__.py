@@ -9,8 +9,9 @@ logging and tests; see their modules for the documented ranges.
 ``degrade(task, clean, rng, evaluation=...)`` is the one entry point. The evaluation variant
 fixes the parameters where benchmarks do (denoising at sigma = 25/255); deraining and
 deblurring have no standard fixed setting, so evaluation draws them from the seeded rng like
-training does. Outputs are rounded to 8-bit levels by default, because served inputs are
-always 8-bit images.
+training does (deblurring from camera-shake kernels only, the set's original blur; training
+draws from a wider kernel mix). Outputs are rounded to 8-bit levels by default, because served
+inputs are always 8-bit images.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .blur import BlurParams, convolve, motion_blur, random_motion_kernel, sample_blur_params
+from .blur import (
+    BlurParams,
+    convolve,
+    motion_blur,
+    random_motion_kernel,
+    sample_blur_params,
+    sample_shake_params,
+)
 from .noise import EVAL_SIGMA, NoiseParams, add_noise, eval_noise_params, sample_noise_params
 from .rain import RainParams, StreakLayer, add_haze, add_rain, rain_layer, sample_rain_params
 
@@ -42,12 +50,17 @@ def _deblur(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return motion_blur(clean, rng)[0]
 
 
+def _deblur_eval(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return motion_blur(clean, rng, sample_shake_params(rng))[0]
+
+
 DEGRADATIONS: dict[str, Degradation] = {
     "derain": _derain,
     "denoise": _denoise,
     "deblur": _deblur,
 }
-EVAL_DEGRADATIONS: dict[str, Degradation] = {**DEGRADATIONS, "denoise": _denoise_eval}
+EVAL_DEGRADATIONS: dict[str, Degradation] = {**DEGRADATIONS, "denoise": _denoise_eval,
+                                              "deblur": _deblur_eval}
 TASKS: tuple[str, ...] = tuple(DEGRADATIONS)
 
 
@@ -105,4 +118,5 @@ __all__ = [
     "sample_blur_params",
     "sample_noise_params",
     "sample_rain_params",
+    "sample_shake_params",
 ]

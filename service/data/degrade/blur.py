@@ -174,8 +174,15 @@ def random_kernel(rng: np.random.Generator) -> np.ndarray:
 
 
 def sample_blur_params(rng: np.random.Generator) -> BlurParams:
-    """Draw a kernel and a noise level from the documented training ranges."""
+    """Draw a kernel of the mix and a noise level from the documented training ranges."""
     kernel = random_kernel(rng)
+    return BlurParams(kernel=kernel, noise_sigma=float(rng.uniform(*NOISE_SIGMA_RANGE)))
+
+
+def sample_shake_params(rng: np.random.Generator) -> BlurParams:
+    """A camera-shake kernel and a noise level: the synthetic evaluation set's blur, kept apart
+    from the training mix so its numbers stay comparable between models and runs."""
+    kernel = random_motion_kernel(rng)
     return BlurParams(kernel=kernel, noise_sigma=float(rng.uniform(*NOISE_SIGMA_RANGE)))
 
 
