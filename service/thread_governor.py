@@ -104,12 +104,12 @@ class ThreadGovernor:
     def threads(self) -> int:
         """The count for a pass starting now (remeasured at most once per window)."""
         with self._lock:
+            if self._clock() - self._last.at_s < self.window_s:
+                return self._threads  # no /proc read inside a window
             now = self._sample()
             elapsed = now.at_s - self._last.at_s
-            if elapsed < self.window_s:
-                return self._threads
             others = (now.busy_s - self._last.busy_s) - (now.own_s - self._last.own_s)
-            self.others_cpus = min(float(len(self.cpus)), max(0.0, others / elapsed))
+            self.others_cpus = min(float(len(self.cpus)), max(0.0, others / max(elapsed, 1e-6)))
             free = len(self.cpus) - self.others_cpus
             self._threads = max(1, min(self.budget, int(free + 1.0 - FREE_CORE_THRESHOLD)))
             self._last = now
