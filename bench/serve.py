@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+from server_ready import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -86,20 +87,6 @@ async def _drive(url: str, task: str, images: list[bytes], concurrency: int,
     return latencies, wall, statuses
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("server not ready")
-
-
 def run_mode(name: str, env_extra: dict[str, str], args: argparse.Namespace,
              models: Path) -> dict[str, Any]:
     port = _free_port()
@@ -112,7 +99,7 @@ def run_mode(name: str, env_extra: dict[str, str], args: argparse.Namespace,
          "--log-level", "warning"], env=env, cwd=ROOT,
     )
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc, timeout=300)
         warm = [_image(args.size, 10_000 + i) for i in range(args.concurrency)]
         asyncio.run(_drive(url, args.task, warm, args.concurrency, args.steps))
         images = [_image(args.size, i) for i in range(args.requests)]

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 from PIL import Image
+from server_ready import wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = [(16, 16), (24, 40), (33, 47), (64, 64), (80, 56), (96, 128), (128, 96)]
@@ -261,20 +262,6 @@ def start_server(models: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the server exited with status {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("the server did not become ready")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -383,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = process.pid
         print(f"server pid {pid} on {url}, log {log}", file=sys.stderr)
     try:
-        wait_ready(url, process, timeout=600)
+        wait_ready(url, process, timeout=600, poll_s=0.5)
         report = soak(url, pid, args.requests, args.concurrency, args.warmup, args.seed)
     finally:
         if process is not None:
