@@ -5,11 +5,13 @@ Starts ``diffmamba serve`` in a subprocess with ``DIFFMAMBA_MAX_PIXELS`` raised 
 photo-like PNGs (smooth colour fields, hard-edged shapes, streaks and grain; made with Pillow in
 a few seconds): one square image, one big one, then ``--concurrency`` square images at once. A
 thread samples the server's ``/proc/PID/status`` (VmRSS, VmHWM) every 50 ms and another polls
-``/healthz`` every 100 ms throughout. Per phase it reports the status codes, wall time, the peak
-RSS (the high-water mark, reset before the phase) against the budget, the RSS before and a few
-seconds after (memory returned), and for the concurrent phase which requests waited for memory:
-the estimate each reserves and the budget's room for requests, both as the server computes
-them, and each request's ``Server-Timing`` decode (upload + wait for memory + decode).
+``/healthz`` every 100 ms throughout (beside the server's own event-loop lag histogram, so a slow
+probe can be told apart from a loop that could not run). Per phase it reports the status
+codes, wall time, the peak RSS (the high-water mark, reset before the phase) against the
+budget, the RSS before and a few seconds after (memory returned), and for the concurrent phase
+which requests waited for memory: the estimate each reserves and the budget's room for
+requests, both as the server computes them, and each request's ``Server-Timing`` decode
+(upload + wait for memory + decode).
 
     python bench/memory_admission.py                     # derain, 4096², 8192×6144, 4 × 4096²
     python bench/memory_admission.py --quick             # 1024², 2048×1536, 4 × 1024²
@@ -195,6 +197,35 @@ class Phase:
     health: list[float] = field(default_factory=list)
     estimate: int = 0
     errors: list[str] = field(default_factory=list)
+    # the server's own view: its event-loop lag histogram over the phase (service.api.loop_lag)
+    loop_lag_p99: float = math.nan  # the upper bound of the bucket holding the 99th percentile
+    loop_lag_n: int = 0
+
+
+LAG_BUCKET = re.compile(r'^diffmamba_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([\d.e+]+)$',
+                        re.M)
+
+
+def loop_lag_buckets(url: str) -> dict[float, float]:
+    """The server's cumulative event-loop lag histogram, {upper bound: count}."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return {}
+    return {float(le): float(n) for le, n in LAG_BUCKET.findall(text)}
+
+
+def lag_percentile(before: dict[float, float], after: dict[float, float],
+                   q: float) -> tuple[float, int]:
+    """(upper bound of the bucket holding the q-th percentile, samples) between two scrapes."""
+    delta = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = delta.get(math.inf, 0.0)
+    if total <= 0:
+        return math.nan, 0
+    for le, cumulative in delta.items():
+        if cumulative >= q / 100 * total:
+            return le, int(total)
+    return math.inf, int(total)
 
 
 def _server_timing(header: str, name: str) -> float:
@@ -215,6 +246,7 @@ def run_phase(phase: Phase, url: str, pid: int, task: str, steps: int, body: byt
               sampler: RssSampler, health: HealthPoller, timeout: float,
               log: Callable[[str], None]) -> Phase:
     phase.rss_before = _status_kb(pid).get("VmRSS", 0)
+    lag_before = loop_lag_buckets(url)
     reset_hwm(pid)
     start = time.monotonic()
     results: list[tuple[int, float, httpx.Response] | BaseException | None] = [None] * phase.count
@@ -231,6 +263,7 @@ def run_phase(phase: Phase, url: str, pid: int, task: str, steps: int, body: byt
     for t in threads:
         t.join()
     end = time.monotonic()
+    phase.loop_lag_p99, phase.loop_lag_n = lag_percentile(lag_before, loop_lag_buckets(url), 99)
     time.sleep(0.2)  # a last sample past the response
     phase.rss_peak, phase.hwm_peak = sampler.peak(start, time.monotonic())
     phase.hwm_peak = max(phase.hwm_peak, _status_kb(pid).get("VmHWM", 0))
@@ -283,8 +316,9 @@ def _mb(x: float) -> str:
 def table(phases: list[Phase], budget: int, available: int | None) -> str:
     rows = [
         "| phase | image | status | wall (s) | tiles | estimate / request (MB) | "
-        "RSS before (MB) | peak RSS (MB) | ≤ budget | RSS after (MB) | healthz p50 / p99 (ms) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---|",
+        "RSS before (MB) | peak RSS (MB) | ≤ budget | RSS after (MB) | healthz p50 / p99 (ms) | "
+        "loop lag p99 (ms) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for p in phases:
         h, w = p.size
@@ -297,10 +331,11 @@ def table(phases: list[Phase], budget: int, available: int | None) -> str:
         health = (f"{_percentile(finite, 50) * 1e3:.0f} / {_percentile(finite, 99) * 1e3:.0f}"
                   + (f" ({lost} failed)" if lost else "") + f" (n={len(p.health)})")
         peak = max(p.rss_peak, p.hwm_peak)
+        lag = (f"≤ {p.loop_lag_p99 * 1e3:g} (n={p.loop_lag_n})" if p.loop_lag_n else "–")
         rows.append(
             f"| {p.name} | {image} | {codes} | {walls} | {p.tiles[0] if p.tiles else '–'} | "
             f"{_mb(p.estimate)} | {_mb(p.rss_before)} | {_mb(peak)} | "
-            f"{'yes' if peak <= budget else '**no**'} | {_mb(p.rss_after)} | {health} |")
+            f"{'yes' if peak <= budget else '**no**'} | {_mb(p.rss_after)} | {health} | {lag} |")
     lines = ["\n".join(rows), ""]
     concurrent = [p for p in phases if p.count > 1]
     for p in concurrent:
@@ -456,7 +491,8 @@ def main() -> int:
 
     print(f"\nbudget {budget_mb} MB (DIFFMAMBA_MEMORY_BUDGET_MB); server RSS sampled every 50 ms"
           f" and its VmHWM, reset before each phase; RSS after: {SETTLE_S:g} s after the last "
-          f"response; /healthz polled every 100 ms during each phase\n")
+          f"response; /healthz polled every 100 ms during each phase; loop lag: the server's "
+          f"diffmamba_event_loop_lag_seconds histogram over the phase\n")
     print(table(phases, budget, available))
     if args.json:
         args.json.write_text(json.dumps({

@@ -28,6 +28,7 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
 TILE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class ServiceMetrics:
@@ -102,6 +103,11 @@ class ServiceMetrics:
             "diffmamba_cpu_contention_cpus",
             "CPUs other processes used on this process's CPUs, at the last measurement",
             registry=r,
+        )
+        self.loop_lag_seconds = Histogram(
+            "diffmamba_event_loop_lag_seconds",
+            "How late the event loop ran a timer it scheduled (sampled every 0.1 s)",
+            buckets=LOOP_LAG_BUCKETS, registry=r,
         )
         self.model_load_seconds = Gauge(
             "diffmamba_model_load_seconds", "Time to load and warm a task's model", ["task"],

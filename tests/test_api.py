@@ -137,7 +137,7 @@ METRICS = [
     "diffmamba_network_pass_seconds_bucket", "diffmamba_tiles_per_request_bucket",
     "diffmamba_queue_depth", "diffmamba_requests_in_flight",
     "diffmamba_process_resident_memory_bytes", "diffmamba_model_load_seconds",
-    "diffmamba_cpu_threads",
+    "diffmamba_cpu_threads", "diffmamba_event_loop_lag_seconds_count",
     "diffmamba_model_info", "diffmamba_ready",
 ]
 

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import __version__
 from service.api.errors import error_response, install_error_handlers
 from service.api.jobs import router as jobs_router
+from service.api.loop_lag import LoopLagMonitor
 from service.api.middleware import install_middleware
 from service.api.openapi import install_openapi
 from service.api.restore import router as restore_router
@@ -30,10 +31,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Load in the background: /healthz answers at once, /readyz once models are warm.
         loader = asyncio.create_task(state.load())
+        lag = LoopLagMonitor(state.metrics.loop_lag_seconds.observe)
+        lag.start()
         await state.start_jobs()
         try:
             yield
         finally:
+            await lag.stop()
             # Under `diffmamba serve` the drain already ran (service.api.drain); under plain
             # uvicorn this is the best-effort drain: queued tiles finish before the batchers stop.
             state.begin_drain(state.settings.drain_timeout_s)
