@@ -32,6 +32,7 @@ from service.training import (
     stage2_loss_fn,
     value_at,
 )
+from service.training.ema import warmup_decay
 from service.training.losses import ms_ssim_scales, stage2_loss
 from service.training.state import load_state, state_path
 
@@ -126,6 +127,39 @@ def test_ema_update_math() -> None:
     for name, value in model.state_dict().items():
         assert torch.allclose(ema.state_dict()[name], 0.9 * start[name] + 0.1 * value)
     assert all(not p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_warmup_forgets_the_starting_weights() -> None:
+    assert warmup_decay(0.999, 10, 0) == pytest.approx(0.1)
+    assert warmup_decay(0.999, 10, 90) == pytest.approx(91 / 100)
+    assert warmup_decay(0.999, 10, 10**6) == 0.999  # capped at the configured decay
+    assert warmup_decay(0.999, 0, 0) == 0.999  # 0 = constant
+    with pytest.raises(ValueError):
+        warmup_decay(0.999, -1, 0)
+
+    def after(warmup: int, updates: int) -> float:
+        model = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            model.weight.zero_()
+        ema = ModelEMA(model, decay=0.999)
+        with torch.no_grad():
+            model.weight.fill_(1.0)  # the trained weights; the EMA starts at the initial 0
+        for step in range(updates):
+            ema.update(model, warmup_decay(0.999, warmup, step))
+        return float(ema.module.weight)
+
+    assert after(10, 30) > 0.999  # the start is forgotten after a few dozen iterations
+    assert after(0, 30) < 0.03  # a constant 0.999 still holds 97 % of it
+    assert after(0, 3000) < 0.96  # and 5 % after 3,000
+
+
+def test_states_without_the_ema_ramp_resume_with_a_constant_decay() -> None:
+    base = {"model": TINY.to_dict(), "task": "denoise", "clean": "x", "stage": "1"}
+    assert TrainConfig.from_dict(base).ema_warmup == 0
+    assert TrainConfig.from_dict({**base, "ema_warmup": 10}).ema_warmup == 10
+    assert TrainConfig(**base).ema_warmup == 10  # new runs ramp
+    with pytest.raises(ValueError, match="warm-up"):
+        TrainConfig(**base, ema_warmup=-1)
 
 
 def test_lr_and_piecewise_schedules() -> None:

@@ -58,8 +58,8 @@ RELEASE_SCHEDULES = {  # model -> (patch schedule, batch schedule) when none is 
 }
 PER_STAGE = ("max_iters", "lr", "min_lr", "warmup")
 PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_decay",
-         "ema_decay", "grad_clip", "steps", "alpha", "seed", "epoch_size", "clean_share",
-         "val_count", "val_patch", "val_seed", "init", "init_weights")
+         "ema_decay", "ema_warmup", "grad_clip", "steps", "alpha", "seed", "epoch_size",
+         "clean_share", "val_count", "val_patch", "val_seed", "init", "init_weights")
 MODEL_ARCHS = {"diffmamba": "diffmamba", "vmambair": "vmambair", "vmambair-sr": "mambarealsr11"}
 """``--model`` name -> registered architecture."""
 MODELS = tuple(MODEL_ARCHS)
@@ -149,6 +149,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--warmup", help="linear warmup iterations (default 0,0)")
     t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
     t.add_argument("--ema-decay", type=float, help="EMA decay (default 0.999)")
+    t.add_argument("--ema-warmup", type=non_negative_int,
+                   help="EMA decay ramp: min(decay, (1+t)/(N+t)) at iteration t of a stage; "
+                   "0 = constant decay (default 10)")
     t.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default)")
     t.add_argument("--patch-schedule", type=_schedule,
                    help="patch size from an iteration on, e.g. 64:0,96:2000,128:4000 (64)")

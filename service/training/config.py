@@ -57,6 +57,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
     ema_decay: float = 0.999
+    # EMA decay ramp (service.training.ema.warmup_decay); 0 = constant decay, as in states
+    # saved before the ramp existed.
+    ema_warmup: int = 10
     grad_clip: float = 0.0
     patch_schedule: Piecewise = ((64, 0),)
     batch_schedule: Piecewise = ((8, 0),)
@@ -99,6 +102,8 @@ class TrainConfig:
             problems.append(f"sampler steps must be in 1..{MAX_STEPS}, got {self.steps}")
         if not 0 <= self.alpha <= 1 or not 0 <= self.ema_decay <= 1:
             problems.append("alpha and EMA decay must be in [0, 1]")
+        if self.ema_warmup < 0:
+            problems.append(f"EMA warm-up must be >= 0, got {self.ema_warmup}")
         if not 0 <= self.clean_share < 1:
             problems.append(f"clean share must be in [0, 1), got {self.clean_share}")
         if self.epoch_size < 1 or self.val_count < 0 or self.val_patch < 1:
@@ -145,4 +150,5 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training options in state: {unknown}")
-        return cls(**data)
+        # A state saved before the EMA ramp existed resumes with the constant decay it used.
+        return cls(**{"ema_warmup": 0, **data})

@@ -3,6 +3,12 @@
 Why: the released checkpoints serve ``params_ema``; averaging the last ~1/(1−decay) iterates
 smooths out the noise of the diffusion objective. The update is, for every parameter and float
 buffer, ``ema = decay·ema + (1 − decay)·param``; integer buffers are copied.
+
+A constant decay keeps ``decay**t`` of the starting weights after ``t`` updates: 0.999 still
+holds 37 % of a random initialisation after 1,000 iterations and 5 % after 3,000, which ruins
+the exported weights of the short runs a CPU affords. ``warmup_decay`` ramps the decay up as
+diffusers' ``EMAModel`` does, so the average forgets its start within a few dozen iterations
+and still ends at the configured decay.
 """
 
 from __future__ import annotations
@@ -13,6 +19,17 @@ import torch
 from torch import nn
 
 DEFAULT_DECAY = 0.999
+DEFAULT_WARMUP = 10
+
+
+def warmup_decay(decay: float, warmup: int, step: int) -> float:
+    """The decay of update ``step`` (0-based): ``min(decay, (1 + step) / (warmup + step))``;
+    ``warmup`` 0 keeps ``decay`` constant (BasicSR's EMA)."""
+    if warmup < 0 or step < 0:
+        raise ValueError(f"EMA warm-up and step must be >= 0, got {warmup}, {step}")
+    if warmup == 0:
+        return decay
+    return min(decay, (1 + step) / (warmup + step))
 
 
 class ModelEMA:

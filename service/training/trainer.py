@@ -33,7 +33,7 @@ from service.models import load_checkpoint
 from service.models.registry import ARCHITECTURES
 from service.training.config import TrainConfig
 from service.training.data import BatchSource, train_dataset, validation_pairs
-from service.training.ema import ModelEMA
+from service.training.ema import ModelEMA, warmup_decay
 from service.training.export import export_weights, stage_metadata
 from service.training.metrics import psnr
 from service.training.objectives import single_pass_loss, stage1_loss, stage2_loss_fn
@@ -301,7 +301,8 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        self.ema.update(self.model)
+        self.ema.update(self.model, warmup_decay(self.cfg.ema_decay, self.cfg.ema_warmup,
+                                                 self.step))
         self.step += 1
         self.position = self.data.position
         record = StepRecord(self.stage, self.step, value, lr)
