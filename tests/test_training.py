@@ -296,6 +296,19 @@ def test_cli_trains_validates_and_exports(pool: Path, tmp_path: Path) -> None:
     with safe_open(str(out), framework="pt") as f:
         meta = f.metadata()
     assert meta["task"] == "denoise" and meta["stage"] == "1" and meta["iterations"] == "2"
+    assert meta["weights"] == "ema"
+    # --weights params serves the live weights (safetensors, and params_ema in the .pth)
+    live = tmp_path / "live.safetensors"
+    assert _cli(["train", "export", "--workdir", str(work), "--output", str(live),
+                 "--weights", "params"]) == 0
+    state = load_state(state_path(work))
+    served = load_model(live).state_dict()
+    assert all(torch.equal(served[k], v) for k, v in state["model"].items())
+    assert any(not torch.equal(served[k], v) for k, v in state["ema"].items())
+    bundle = torch.load(live.with_suffix(".pth"), weights_only=True)
+    assert all(torch.equal(bundle["params_ema"][k], v) for k, v in state["model"].items())
+    with safe_open(str(live), framework="pt") as f:
+        assert f.metadata()["weights"] == "params"
 
     # the same command again is refused without --resume; with it, nothing is left to do
     assert _cli(["train", "--workdir", str(work), "--task", "denoise", "--clean", str(pool)]) == 2

@@ -3,8 +3,9 @@
 * ``train --workdir DIR --task derain --clean data/pool [...]``: stage 1 (noise estimation),
   then stage 2 (the S-step sampler fine-tuned end to end), as ``--stage`` says.
 * ``train --workdir DIR --resume [--time-limit MIN]``: continue bit-for-bit from DIR/state.pt.
-* ``train export --workdir DIR --output models/derain.safetensors``: the run's current weights
-  (EMA in the .safetensors; params and params_ema in the .pth written beside it).
+* ``train export --workdir DIR --output models/derain.safetensors [--weights params]``: the run's
+  current weights (EMA, or the live ones, in the .safetensors; params and params_ema in the .pth
+  written beside it).
 * ``train --model vmambair ...``: VmambaIR instead, one stage of L1 regression (``--stage``
   is 1 or left out; the sampler options do not apply). Without explicit schedules it uses the
   progressive patches of the Restormer deraining recipe the release builds on (see below).
@@ -197,6 +198,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = tsub.add_parser("export", help="write a run's current weights as .safetensors + .pth")
     e.add_argument("--workdir", required=True, help="the run folder (holds state.pt)")
     e.add_argument("--output", required=True, help="target .safetensors (the .pth goes beside)")
+    e.add_argument("--weights", choices=("ema", "params"), default="ema",
+                   help="serve the EMA weights (default) or the live ones (params)")
     e.set_defaults(run=run_export)
 
 
@@ -204,7 +207,7 @@ def run_export(args: argparse.Namespace) -> int:
     from service.training.export import export_from_workdir
 
     try:
-        st, pth = export_from_workdir(args.workdir, args.output)
+        st, pth = export_from_workdir(args.workdir, args.output, args.weights)
     except (FileNotFoundError, ValueError) as exc:
         return fail(str(exc))
     print(f"wrote {st} and {pth}")

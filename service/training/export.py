@@ -61,11 +61,25 @@ def export_weights(
     return out, pth
 
 
-def export_from_workdir(workdir: str | Path, output: str | Path) -> tuple[Path, Path]:
-    """Export the current weights of a (possibly unfinished) run in ``workdir``."""
+EXPORT_WEIGHTS = ("ema", "params")
+
+
+def export_from_workdir(workdir: str | Path, output: str | Path,
+                        weights: str = "ema") -> tuple[Path, Path]:
+    """Export the current weights of a (possibly unfinished) run in ``workdir``.
+
+    ``weights="params"`` serves the live weights instead of the average (in the .safetensors
+    and as the .pth's ``params_ema``): for a run whose average is not worth serving, e.g. one
+    trained with a constant EMA decay for few iterations, whose average still holds much of
+    its random initialisation.
+    """
+    if weights not in EXPORT_WEIGHTS:
+        raise ValueError(f"weights must be one of {EXPORT_WEIGHTS}, got {weights!r}")
     state = load_state(state_path(workdir))
-    return export_weights(output, state["model"], state["ema"], state["model_config"],
-                          stage_metadata(state["config"], state["stage"], state["step"]),
+    served = state["ema"] if weights == "ema" else state["model"]
+    meta = stage_metadata(state["config"], state["stage"], state["step"])
+    meta["weights"] = weights
+    return export_weights(output, state["model"], served, state["model_config"], meta,
                           arch=state["config"].get("arch", ARCH))
 
 
