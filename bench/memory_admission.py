@@ -356,6 +356,17 @@ def table(phases: list[Phase], budget: int, available: int | None) -> str:
 # ---------------------------------------------------------------------- main
 
 
+def compact(phase: Phase) -> dict[str, object]:
+    """A phase for the JSON report: the probe latencies as counts and percentiles, not a list
+    of every probe (tens of thousands in a long phase)."""
+    out = dict(phase.__dict__)
+    finite = [x for x in phase.health if math.isfinite(x)]
+    out["health"] = {"n": len(phase.health), "failed": len(phase.health) - len(finite),
+                     "p50_s": _percentile(finite, 50), "p99_s": _percentile(finite, 99),
+                     "max_s": max(finite, default=math.nan)}
+    return out
+
+
 def _size(text: str) -> tuple[int, int]:
     """"WxH" -> (height, width)."""
     try:
@@ -497,7 +508,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "budget_mb": budget_mb, "available_bytes": available,
-            "phases": [p.__dict__ for p in phases]}, indent=1, default=str))
+            "phases": [compact(p) for p in phases]}, indent=1, default=str))
     ok = all(s == 200 for p in phases for s in p.statuses) and all(
         max(p.rss_peak, p.hwm_peak) <= budget for p in phases)
     if phases:
