@@ -48,6 +48,7 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from server_ready import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -449,18 +450,10 @@ def main() -> int:
         available: int | None = None
         try:
             t = time.perf_counter()
-            deadline = time.monotonic() + 900
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError(f"server exited:\n{server_log.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError("server not ready in 900 s")
-                time.sleep(0.5)
+            try:
+                wait_ready(url, server, timeout=900, poll_s=0.5)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}:\n{server_log.read_text()[-3000:]}") from exc
             memory_line = next((line for line in server_log.read_text().splitlines()
                                 if "MB for requests" in line), "")
             log(f"server: {memory_line.strip()}")
