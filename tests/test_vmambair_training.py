@@ -157,3 +157,47 @@ def test_resume_refuses_another_model(pool: Path, tmp_path: Path,
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot change on --resume" in err and "arch" in err
+
+
+def test_psnr_loss_is_minus_the_mean_psnr_of_the_images() -> None:
+    from service.training.losses import psnr_loss
+    from service.training.metrics import psnr
+
+    clean = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    noisy = clean + torch.tensor([0.01, 0.05, 0.2]).view(3, 1, 1, 1) * torch.randn(clean.shape)
+    assert float(psnr_loss(noisy, clean)) == pytest.approx(-float(psnr(noisy, clean).mean()),
+                                                           abs=1e-3)
+    # an image 10x closer counts 20 dB, however small its error already was
+    assert float(psnr_loss(clean + 0.001, clean) - psnr_loss(clean + 0.01, clean)) == \
+        pytest.approx(-20.0, abs=0.1)
+
+
+def test_psnr_loss_trains_and_is_a_single_pass_option(pool: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = VmambaIR(TINY)
+    clean = torch.from_numpy(_smooth_image(5, 16)).permute(2, 0, 1)[None].float() / 255
+    clean = clean.repeat(2, 1, 1, 1)
+    degraded = (clean + 0.1 * torch.randn(clean.shape)).clamp(0, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    losses = []
+    for _ in range(15):
+        loss = single_pass_loss(model, degraded, clean, "psnr")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] - 3, losses  # at least 3 dB better
+    with pytest.raises(ValueError, match="loss must be one of l1, psnr"):
+        _config(pool, loss="ssim")
+    with pytest.raises(ValueError, match="single-pass"):
+        TrainConfig(model={}, task="derain", clean=str(pool), loss="psnr")
+    work = tmp_path / "run"
+    assert _cli(["train", "--workdir", str(work), "--task", "derain", "--clean", str(pool),
+                 *TINY_ARGS, "--max-iters", "2", "--batch-schedule", "2", "--patch-schedule",
+                 "16", "--loss", "psnr", "--val-grid", "0", "--no-progress", "--threads",
+                 "1"]) == 0
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert all(e["loss"] < 0 for e in log if "loss" in e)  # minus dB
+    assert load_state(state_path(work))["config"]["loss"] == "psnr"
+    assert _cli(["train", "--workdir", str(tmp_path / "bad"), "--task", "derain", "--clean",
+                 str(pool), *TINY_ARGS, "--loss", "ssim", "--no-progress"]) != 0

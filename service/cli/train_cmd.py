@@ -5,7 +5,11 @@
 * ``train --workdir DIR --resume [--time-limit MIN]``: continue bit-for-bit from DIR/state.pt.
 * ``train export --workdir DIR --output models/derain.safetensors [--weights params]``: the run's
   current weights (EMA, or the live ones, in the .safetensors; params and params_ema in the .pth
-  written beside it).
+  written beside it). ``--best``: the weights that scored best on the grid validation instead.
+* Grid validation (denoise, derain, deblur on clean photos): each validation also scores the
+  EMA weights on the robustness grid's cells applied to ``--val-grid`` held-out photos (mean
+  gain, penalised by a cell made worse and by a clean photo below 33 dB) and keeps the best
+  ones as DIR/best.safetensors; with ``--init`` the starting weights are scored first.
 * ``train --model vmambair ...``: VmambaIR instead, one stage of L1 regression (``--stage``
   is 1 or left out; the sampler options do not apply). Without explicit schedules it uses the
   progressive patches of the Restormer deraining recipe the release builds on (see below).
@@ -59,8 +63,8 @@ RELEASE_SCHEDULES = {  # model -> (patch schedule, batch schedule) when none is 
 }
 PER_STAGE = ("max_iters", "lr", "min_lr", "warmup")
 PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_decay",
-         "ema_decay", "ema_warmup", "grad_clip", "steps", "alpha", "seed", "epoch_size",
-         "clean_share", "val_count", "val_patch", "val_seed", "init", "init_weights")
+         "ema_decay", "ema_warmup", "grad_clip", "loss", "steps", "alpha", "seed", "epoch_size",
+         "clean_share", "val_count", "val_patch", "val_seed", "val_grid", "init", "init_weights")
 MODEL_ARCHS = {"diffmamba": "diffmamba", "vmambair": "vmambair", "vmambair-sr": "mambarealsr11"}
 """``--model`` name -> registered architecture."""
 MODELS = tuple(MODEL_ARCHS)
@@ -154,6 +158,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="EMA decay ramp: min(decay, (1+t)/(N+t)) at iteration t of a stage; "
                    "0 = constant decay (default 10)")
     t.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default)")
+    t.add_argument("--loss", metavar="{l1,psnr}",
+                   help="single-pass objective: l1 (the release's, default) or psnr (minus the "
+                        "mean PSNR of the batch's images: light and clean inputs weigh as much "
+                        "as heavy ones)")
     t.add_argument("--patch-schedule", type=_schedule,
                    help="patch size from an iteration on, e.g. 64:0,96:2000,128:4000 (64)")
     t.add_argument("--batch-schedule", type=_schedule,
@@ -170,6 +178,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--val-count", type=non_negative_int, help="held-out crops (default 4)")
     v.add_argument("--val-patch", type=positive_int, help="their size (default 128)")
     v.add_argument("--val-seed", type=int, help="their seed and x_T's (default 0)")
+    v.add_argument("--val-grid", type=non_negative_int, metavar="N",
+                   help="held-out photos scored on the robustness grid's cells at each "
+                        "validation; the best-scoring weights are kept as best.safetensors "
+                        "(default 4, 0 = off; denoise/derain/deblur runs on clean photos)")
     v.add_argument("--val-every", type=non_negative_int, default=1000,
                    help="validate every K iterations, 0 = only at stage ends (default 1000)")
     v.add_argument("--val-batch", type=positive_int, default=4, help="crops per pass")
@@ -200,14 +212,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--output", required=True, help="target .safetensors (the .pth goes beside)")
     e.add_argument("--weights", choices=("ema", "params"), default="ema",
                    help="serve the EMA weights (default) or the live ones (params)")
+    e.add_argument("--best", action="store_true",
+                   help="the weights that scored best on the grid validation instead of the "
+                        "current ones")
     e.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from service.training.export import export_from_workdir
+    from service.training.export import export_best, export_from_workdir
 
+    if args.best and args.weights != "ema":
+        return fail("--best exports the kept EMA weights; it does not combine with --weights")
     try:
-        st, pth = export_from_workdir(args.workdir, args.output, args.weights)
+        if args.best:
+            st, pth = export_best(args.workdir, args.output)
+        else:
+            st, pth = export_from_workdir(args.workdir, args.output, args.weights)
     except (FileNotFoundError, ValueError) as exc:
         return fail(str(exc))
     print(f"wrote {st} and {pth}")

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from service.diffusion import MAX_STEPS
+from service.training.losses import RESTORATION_LOSSES
 from service.training.schedule import Piecewise, validate_piecewise
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class TrainConfig:
     # saved before the ramp existed.
     ema_warmup: int = 10
     grad_clip: float = 0.0
+    loss: str = "l1"  # single-pass objective (service.training.losses.RESTORATION_LOSSES)
     patch_schedule: Piecewise = ((64, 0),)
     batch_schedule: Piecewise = ((8, 0),)
     steps: int = 4
@@ -73,6 +75,9 @@ class TrainConfig:
     val_count: int = 4
     val_patch: int = 128
     val_seed: int = 0
+    # held-out photos scored on the robustness grid's cells at each validation (0 = off);
+    # the best-scoring weights are kept (service.training.grid_validation)
+    val_grid: int = 4
     init: str | None = None  # start weights (stage 1 fine-tuning, or stage 2 without stage 1)
     init_weights: str = "ema"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -106,14 +111,21 @@ class TrainConfig:
             problems.append(f"EMA warm-up must be >= 0, got {self.ema_warmup}")
         if not 0 <= self.clean_share < 1:
             problems.append(f"clean share must be in [0, 1), got {self.clean_share}")
-        if self.epoch_size < 1 or self.val_count < 0 or self.val_patch < 1:
-            problems.append("epoch size, validation count and patch must be positive")
+        if self.epoch_size < 1 or self.val_count < 0 or self.val_patch < 1 or self.val_grid < 0:
+            problems.append("epoch size and validation patch must be positive, validation counts"
+                            " at least 0")
         kind = architecture_kind(self.arch)
         if kind is None:
             problems.append(f"unknown model {self.arch!r}")
         elif not kind.takes_timestep and self.stage != "1":
             problems.append(f"{self.arch} trains in one stage (L1 regression): stage must be"
                             f" '1', got {self.stage!r}")
+        if self.loss not in RESTORATION_LOSSES:
+            problems.append(f"loss must be one of {', '.join(RESTORATION_LOSSES)}, got "
+                            f"{self.loss!r}")
+        elif kind is not None and kind.takes_timestep and self.loss != "l1":
+            problems.append(f"--loss applies to single-pass models; {self.arch} trains with the "
+                            "release's stage losses")
         if self.init_weights not in ("ema", "params"):
             problems.append("init weights must be 'ema' or 'params'")
         if problems:

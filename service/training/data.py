@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -19,6 +20,9 @@ from service.data import PairedFolderDataset, SyntheticPairDataset, fixed_valida
 from service.data.sr_pairs import SRPairDataset
 from service.training.config import TrainConfig
 from service.training.schedule import Piecewise, value_at
+
+if TYPE_CHECKING:
+    from service.training.grid_validation import GridValidationSet
 
 Key = tuple[int, int, int]  # (epoch, index, patch size)
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -135,6 +139,21 @@ def train_dataset(cfg: TrainConfig,
     train_dir, _ = _split_dirs(Path(cfg.clean))
     return SyntheticPairDataset(train_dir, cfg.task, patch, cfg.epoch_size, seed,
                                 augment=cfg.augment, clean_share=cfg.clean_share)
+
+
+def grid_validation_data(cfg: TrainConfig) -> GridValidationSet | None:
+    """The run's grid validation set (``grid_validation``), None where it does not apply: a
+    task without a grid, real pairs, super-resolution, no held-out photos or ``val_grid`` 0."""
+    from service.models.registry import ARCHITECTURES
+    from service.training.grid_validation import grid_validation_set
+
+    if cfg.val_grid == 0 or cfg.clean is None or cfg.task is None or _scale(cfg) > 1:
+        return None
+    val_dir = Path(cfg.val_clean) if cfg.val_clean else _split_dirs(Path(cfg.clean))[1]
+    if val_dir is None:
+        return None
+    return grid_validation_set(cfg.task, val_dir, cfg.val_grid, cfg.val_patch, cfg.val_seed,
+                               multiple=ARCHITECTURES[cfg.arch].kind.pad_multiple)
 
 
 def validation_pairs(cfg: TrainConfig) -> list[Pair]:

@@ -83,6 +83,27 @@ def export_from_workdir(workdir: str | Path, output: str | Path,
                           arch=state["config"].get("arch", ARCH))
 
 
+def export_best(workdir: str | Path, output: str | Path) -> tuple[Path, Path]:
+    """Copy a run's best grid-validation weights (``best.safetensors`` + ``.pth``) to
+    ``output``; FileNotFoundError when the run kept none (no grid validation ran)."""
+    from service.training.trainer import BEST_NAME
+
+    best = Path(workdir) / BEST_NAME
+    if not best.is_file():
+        raise FileNotFoundError(f"{best}: no best weights in this run (they are kept when a "
+                                "grid validation runs: --val-grid N with held-out photos)")
+    out = Path(output)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src, dst in ((best, out), (best.with_suffix(".pth"), out.with_suffix(".pth"))):
+        data = src.read_bytes()
+        _atomic(dst, lambda p, data=data: p.write_bytes(data))
+        written.append(dst)
+    return written[0], written[1]
+
+
 def stage_metadata(config: Mapping[str, Any], stage: int, step: int) -> dict[str, str]:
     """What the checkpoint is: task, stage, iterations, data, so a served model is traceable."""
     data = config.get("pairs") or config.get("clean") or ""

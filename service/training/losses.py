@@ -1,4 +1,4 @@
-"""Differentiable image losses for training: L1, SSIM and MS-SSIM, plus stage 2's mix.
+"""Differentiable image losses for training: L1, PSNR, SSIM and MS-SSIM, plus stage 2's mix.
 
 Written in plain torch (no pytorch-msssim dependency) so stage 2 can backpropagate through them
 into the sampler. Conventions follow Wang et al. and ``skimage.metrics.structural_similarity``
@@ -16,6 +16,9 @@ floor before the fractional powers (as pytorch-msssim does with ReLU), keeping g
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +33,29 @@ _POSITIVE_FLOOR = 1e-6
 def l1_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute error."""
     return (a - b).abs().mean()
+
+
+PSNR_LOSS_EPS = 1e-8  # caps a perfect image at 80 dB: the loss stays finite
+
+
+def psnr_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Minus the PSNR (dB, images in [0, 1]) averaged over the batch's images (NAFNet's loss).
+
+    Why for blind restoration: L1 averages pixel errors, so a batch's heavily degraded images
+    (large errors) dominate it and lightly degraded or clean ones (small errors) barely count,
+    and a network learns to smooth everything. Averaging dB gives every image the same weight
+    per dB gained, which is what the per-cell mean PSNR of the evaluation grid measures:
+    30 -> 31 dB on a clean photo counts as much as 20 -> 21 dB on a noisy one.
+    """
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return (10.0 / math.log(10.0)) * torch.log(mse + PSNR_LOSS_EPS).mean()
+
+
+RESTORATION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "l1": l1_loss,
+    "psnr": psnr_loss,
+}
+"""Losses a single-pass network can regress the clean image with (``--loss``)."""
 
 
 def gaussian_window(size: int = WIN_SIZE, sigma: float = WIN_SIGMA) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Diff-Mamba: stage 1 teaches the network to estimate the noise at any timestep; stage 2 fine-tunes
 the whole S-step sampler end to end on image quality. Single-pass models (VmambaIR) regress the
-clean image directly with L1, as the VmambaIR/Restormer deraining options do. All randomness
+clean image directly with L1, as the VmambaIR/Restormer deraining options do (or with the PSNR
+loss, ``losses.psnr_loss``). All randomness
 comes from the ``generator`` passed in (drawn on the CPU, then moved), so a saved generator state
 reproduces a step exactly on any device.
 """
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from service.diffusion import DDIMSchedule, restore
-from service.training.losses import l1_loss, stage2_loss
+from service.training.losses import RESTORATION_LOSSES, l1_loss, stage2_loss
 
 SCHEDULE = DDIMSchedule()
 
@@ -57,6 +58,8 @@ def stage2_loss_fn(
     return stage2_loss(restored, clean, alpha)
 
 
-def single_pass_loss(model: nn.Module, degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """L1(net(y), x0) with images in [0, 1]: the network restores in one pass, nothing is drawn."""
-    return l1_loss(model(degraded), clean)
+def single_pass_loss(model: nn.Module, degraded: torch.Tensor, clean: torch.Tensor,
+                     loss: str = "l1") -> torch.Tensor:
+    """``loss``(net(y), x0) with images in [0, 1] (``RESTORATION_LOSSES``: L1 as the release,
+    or PSNR): the network restores in one pass, nothing is drawn."""
+    return RESTORATION_LOSSES[loss](model(degraded), clean)

@@ -32,9 +32,21 @@ from service.engines.precision import autocast
 from service.models import load_checkpoint
 from service.models.registry import ARCHITECTURES
 from service.training.config import TrainConfig
-from service.training.data import BatchSource, train_dataset, validation_pairs
+from service.training.data import (
+    BatchSource,
+    grid_validation_data,
+    train_dataset,
+    validation_pairs,
+)
 from service.training.ema import ModelEMA, warmup_decay
 from service.training.export import export_weights, stage_metadata
+from service.training.grid_validation import (
+    GridScore,
+    GridValidationSet,
+    best_improved,
+    describe,
+    score_grid,
+)
 from service.training.metrics import psnr
 from service.training.objectives import single_pass_loss, stage1_loss, stage2_loss_fn
 from service.training.schedule import WarmupCosine, value_at
@@ -42,7 +54,9 @@ from service.training.state import capture_rng, load_state, restore_rng, save_st
 
 LOG = logging.getLogger("service.training")
 LOG_NAME = "log.jsonl"
-ALWAYS_CHANGEABLE = ("stage", "max_iters", "val_count", "val_patch", "val_seed")
+BEST_NAME = "best.safetensors"
+"""The best-scoring weights on the grid validation (``grid_validation``), with its .pth."""
+ALWAYS_CHANGEABLE = ("stage", "max_iters", "val_count", "val_patch", "val_seed", "val_grid")
 """Fields a resume may always change: going on to stage 2, extending a run, validation."""
 PER_STAGE_FIELDS = ("lr", "min_lr", "warmup")
 NEVER_CHANGEABLE = ("model", "arch")
@@ -150,6 +164,10 @@ class Trainer:
         self.history: list[StepRecord] = []
         self.last_val: dict[str, float] = {}
         self._val_set: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._grid_set: GridValidationSet | None = None
+        self._grid_built = False
+        self.best: dict[str, float] = {}  # score, stage, step of the kept best weights
+        self.last_grid: GridScore | None = None
         self._stop: str | None = None
 
     # ----------------------------------------------------------------- construction
@@ -171,6 +189,10 @@ class Trainer:
         trainer = cls(cfg, opts, model)
         trainer._enter_stage(cfg.stages[0], from_previous=False)
         trainer._log({"event": "start", "config": cfg.to_dict()})
+        if cfg.init is not None and opts.val_every:
+            # The starting weights are the first candidate: a run that only makes them worse
+            # on the grid keeps them as its best.
+            trainer._validate_and_report(None)
         return trainer
 
     @classmethod
@@ -189,6 +211,7 @@ class Trainer:
         trainer.elapsed = float(state["elapsed"])
         trainer.stage, trainer.step = int(state["stage"]), int(state["step"])
         trainer.last_val = dict(state.get("val", {}))
+        trainer.best = dict(state.get("best", {}))
         if trainer.stage in trainer.done:
             trainer.position = 0  # nothing left of that stage to continue
         else:
@@ -284,7 +307,7 @@ class Trainer:
         self.model.train()
         with autocast(self.opts.precision, self.device):
             if self.cfg.single_pass:
-                loss = single_pass_loss(self.model, degraded, clean)
+                loss = single_pass_loss(self.model, degraded, clean, self.cfg.loss)
             elif self.stage == 1:
                 loss = stage1_loss(self.model, degraded, clean, self.noise)
             else:
@@ -311,6 +334,7 @@ class Trainer:
 
     def _finish_stage(self) -> None:
         metrics = self.validate()
+        self._keep_best(metrics)
         self.done.append(self.stage)
         paths = self.export(self.opts.workdir / f"stage{self.stage}.safetensors")
         final = self.stage == self.cfg.stages[-1]
@@ -355,42 +379,84 @@ class Trainer:
     # ----------------------------------------------------------------- validation
     def validate(self) -> dict[str, float]:
         """Mean PSNR of the EMA weights with the full S-step sampler from a fixed x_T (one pass,
-        clamped, for single-pass models)."""
+        clamped, for single-pass models) on the held-out crops, and the grid validation's
+        score (``grid_validation``) where the run has one."""
+        start = time.monotonic()
+        result: dict[str, float] = {}
         if self._val_set is None:
             pairs = validation_pairs(self.cfg)
-            if not pairs:
-                return {}
-            degraded = torch.stack([p[0] for p in pairs])
-            clean = torch.stack([p[1] for p in pairs])
-            x_T = initial_noise(tuple(clean.shape), seed=self.cfg.val_seed)
-            self._val_set = (degraded, clean, x_T)
-        degraded, clean, x_T = self._val_set
-        start = time.monotonic()
-        net = self.ema.module.eval()
-        outs = []
-        with torch.no_grad():
-            for s in range(0, len(clean), max(1, self.opts.val_batch)):
-                sl = slice(s, s + max(1, self.opts.val_batch))
-                if self.cfg.single_pass:
-                    out = net(degraded[sl].to(self.device)).clamp(0, 1)
-                else:
-                    out = restore(net, degraded[sl].to(self.device), steps=self.cfg.steps,
-                                  x_T=x_T[sl].to(self.device))
-                outs.append(out.cpu())
-        result = {
-            "val_psnr": float(psnr(torch.cat(outs), clean).mean()),
-            "val_input_psnr": float(psnr(degraded, clean).mean()),
-            "val_seconds": time.monotonic() - start,
-        }
+            if pairs:
+                degraded = torch.stack([p[0] for p in pairs])
+                clean = torch.stack([p[1] for p in pairs])
+                x_T = initial_noise(tuple(clean.shape), seed=self.cfg.val_seed)
+                self._val_set = (degraded, clean, x_T)
+        if self._val_set is not None:
+            degraded, clean, x_T = self._val_set
+            batch = max(1, self.opts.val_batch)
+            outs = [self._restore_batch(degraded[s:s + batch], x_T[s:s + batch])
+                    for s in range(0, len(clean), batch)]
+            result["val_psnr"] = float(psnr(torch.cat(outs), clean).mean())
+            result["val_input_psnr"] = float(psnr(degraded, clean).mean())
+        grid = self._grid_validation()
+        if grid is not None:
+            result.update(grid.summary())
+            self.last_grid = grid
+        if result:
+            result["val_seconds"] = time.monotonic() - start
         self.last_val = result
         return result
 
+    def _restore_batch(self, degraded: torch.Tensor,
+                       x_T: torch.Tensor | None = None) -> torch.Tensor:
+        """The EMA weights' restoration of one validation batch, on the CPU, in [0, 1]."""
+        net = self.ema.module.eval()
+        x = degraded.to(self.device)
+        with torch.no_grad():
+            if self.cfg.single_pass:
+                out = net(x).clamp(0, 1)
+            else:
+                if x_T is None:
+                    x_T = initial_noise(tuple(x.shape), seed=self.cfg.val_seed)
+                out = restore(net, x, steps=self.cfg.steps, x_T=x_T.to(self.device))
+        return out.cpu()
+
+    def _grid_validation(self) -> GridScore | None:
+        if not self._grid_built:
+            self._grid_set = grid_validation_data(self.cfg)
+            self._grid_built = True
+        if self._grid_set is None:
+            return None
+        return score_grid(self._grid_set, self._restore_batch, max(1, self.opts.val_batch))
+
+    def _keep_best(self, metrics: dict[str, float]) -> None:
+        """Export the EMA weights to BEST_NAME when the grid score beats the kept one."""
+        score = metrics.get("grid_score")
+        if score is None or not best_improved(self.best.get("score"), score):
+            return
+        self.best = {"score": score, "stage": self.stage, "step": self.step}
+        self.export(self.opts.workdir / BEST_NAME, {"grid_score": f"{score:.4f}"})
+        self._log({"event": "best", **self.best})
+
     def _validate_and_report(self, bar: Any) -> None:
+        """Validate, log, keep the best weights; ``bar`` (tqdm or None) prints the line."""
         metrics = self.validate()
-        if metrics:
-            self._log({"stage": self.stage, "step": self.step, **metrics})
-            bar.write(f"stage {self.stage} step {self.step}: val PSNR {metrics['val_psnr']:.2f} dB"
-                      f" (input {metrics['val_input_psnr']:.2f} dB)")
+        if not metrics:
+            return
+        entry: dict[str, Any] = {"stage": self.stage, "step": self.step, **metrics}
+        parts = []
+        if "val_psnr" in metrics:
+            parts.append(f"val PSNR {metrics['val_psnr']:.2f} dB (input "
+                         f"{metrics['val_input_psnr']:.2f} dB)")
+        if "grid_score" in metrics and self.last_grid is not None:
+            entry["grid_cells"] = self.last_grid.per_cell()
+            parts.append(describe(self.last_grid))
+        self._log(entry)
+        line = f"stage {self.stage} step {self.step}: " + "; ".join(parts)
+        if bar is not None:
+            bar.write(line)
+        else:
+            LOG.info(line)
+        self._keep_best(metrics)
 
     # ----------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
@@ -410,6 +476,7 @@ class Trainer:
                      "epoch": self.data.epoch if self.data is not None else 0},
             "elapsed": self.elapsed,
             "val": dict(self.last_val),
+            "best": dict(self.best),
         }
 
     def save(self) -> Path:
@@ -417,11 +484,11 @@ class Trainer:
         save_state(path, self.state_dict())
         return path
 
-    def export(self, output: Path) -> tuple[Path, Path]:
+    def export(self, output: Path, extra: dict[str, str] | None = None) -> tuple[Path, Path]:
         return export_weights(
             output, self.model.state_dict(), self.ema.state_dict(),
             model_config(self.cfg.arch, self.cfg.model).to_dict(),
-            stage_metadata(self.cfg.to_dict(), self.stage, self.step),
+            {**stage_metadata(self.cfg.to_dict(), self.stage, self.step), **(extra or {})},
             arch=self.cfg.arch,
         )
 
