@@ -15,6 +15,7 @@ from training_helpers import make_pool, one_thread, run_options, train_cli
 from service.evaluation.grid import cells_for
 from service.models import load_checkpoint
 from service.nn.vmambair import VmambaIRConfig
+from service.nn.vmambair_sr import MambaRealSR11Config
 from service.training import TrainConfig, Trainer
 from service.training.data import grid_validation_data
 from service.training.grid_validation import (
@@ -22,6 +23,7 @@ from service.training.grid_validation import (
     GridScore,
     grid_validation_set,
     score_grid,
+    sr_validation_set,
 )
 from service.training.state import load_state, state_path
 from service.training.trainer import BEST_NAME
@@ -160,3 +162,53 @@ def test_export_best_without_grid_validation_is_a_clear_error(
     code = train_cli(["train", "export", "--workdir", str(work), "--output",
                       str(tmp_path / "x.safetensors"), "--best", "--weights", "params"])
     assert code != 0
+
+
+@pytest.fixture(scope="module")
+def big_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pool(tmp_path_factory.mktemp("big_pool"), 72)
+
+
+def test_sr_validation_scores_the_gain_over_bicubic_on_luma(big_pool: Path) -> None:
+    vset = sr_validation_set(big_pool / "val", count=2, size=80, scale=4, multiple=8)
+    assert vset is not None and vset.names == ("bicubic", "second-order") and vset.luma
+    assert vset.clean.shape == (1, 3, 64, 64)  # 72 px photo: 64, the LR side a multiple of 8
+    assert [x.shape for x in vset.degraded] == [(1, 3, 16, 16)] * 2
+    assert vset.baseline is not None and vset.baseline[0].shape == vset.clean.shape
+    oracle = score_grid(vset, lambda x: vset.clean.expand(len(x), -1, -1, -1))
+    assert all(c.model_psnr >= 50 for c in oracle.cells) and oracle.score > 5
+    torch_bicubic = score_grid(
+        vset, lambda x: torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic"))
+    assert abs(torch_bicubic.mean_gain) < 1.0  # another bicubic: about the baseline
+    assert sr_validation_set(big_pool / "val", 2, 60) is None  # below 16 LR pixels
+    cfg = _config(big_pool, arch="mambarealsr11", task="sr",
+                  model=MambaRealSR11Config(dim=8, num_blocks=(1, 1, 1, 1),
+                                            num_refinement_blocks=1, d_state=4).to_dict(),
+                  val_patch=64)
+    found = grid_validation_data(cfg)
+    assert found is not None and found.names == vset.names
+
+
+def test_luma_psnr_matches_the_evaluation_metric() -> None:
+    from service.evaluation.metrics import compare
+    from service.training.grid_validation import _mean_psnr
+
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randint(0, 256, (1, 3, 24, 24), generator=gen).float() / 255
+    b = ((a + 0.05 * torch.randn(a.shape, generator=gen)).clamp(0, 1) * 255).round() / 255
+    expected = compare(a[0].permute(1, 2, 0).numpy(), b[0].permute(1, 2, 0).numpy()).psnr_y
+    assert _mean_psnr(a, b, luma=True) == pytest.approx(expected, abs=1e-3)
+
+
+def test_sr_training_keeps_its_best_weights_too(big_pool: Path, tmp_path: Path) -> None:
+    work = tmp_path / "sr"
+    assert train_cli(["train", "--workdir", str(work), "--clean", str(big_pool), "--model",
+                      "vmambair-sr", "--dim", "8", "--blocks", "1,1,1,1", "--refinement-blocks",
+                      "1", "--d-state", "4", "--max-iters", "2", "--batch-schedule", "2",
+                      "--patch-schedule", "32", "--val-patch", "64", "--val-grid", "1",
+                      "--no-progress", "--threads", "1"]) == 0
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    done = next(e for e in log if e.get("event") == "stage_done")
+    assert "grid_score" in done and "grid_identity_psnr" not in done
+    assert [e["step"] for e in log if e.get("event") == "best"] == [2]
+    assert load_checkpoint(work / BEST_NAME).kind.scale == 4

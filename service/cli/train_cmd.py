@@ -6,17 +6,18 @@
 * ``train export --workdir DIR --output models/derain.safetensors [--weights params]``: the run's
   current weights (EMA, or the live ones, in the .safetensors; params and params_ema in the .pth
   written beside it). ``--best``: the weights that scored best on the grid validation instead.
-* Grid validation (denoise, derain, deblur on clean photos): each validation also scores the
-  EMA weights on the robustness grid's cells applied to ``--val-grid`` held-out photos (mean
-  gain, penalised by a cell made worse and by a clean photo below 33 dB) and keeps the best
-  ones as DIR/best.safetensors; with ``--init`` the starting weights are scored first.
+* Grid validation (runs on clean photos): each validation also scores the EMA weights on the
+  robustness grid's cells (for sr: its two LR generators) applied to ``--val-grid`` held-out
+  photos (mean gain, penalised by a cell made worse and by a clean photo below 33 dB) and keeps
+  the best ones as DIR/best.safetensors; with ``--init`` the starting weights are scored first.
 * ``train --model vmambair ...``: VmambaIR instead, one stage of L1 regression (``--stage``
   is 1 or left out; the sampler options do not apply). Without explicit schedules it uses the
   progressive patches of the Restormer deraining recipe the release builds on (see below).
 * ``train --model vmambair-sr --clean data/pool ...``: VmambaIR's ×4 real-world SR network
   (MambaRealSR11), L1 on LR/HR crop pairs from the clean pool, the LR made by Real-ESRGAN's
   second-order degradation (``--task sr``, implied). Patches are HR sizes, multiples of 4;
-  there is no in-training validation (score runs with ``diffmamba eval --task sr``).
+  validation scores the gain in PSNR-Y over bicubic upscaling on held-out photos, for
+  bicubic and second-order LR inputs (the full score: ``diffmamba eval --task sr``).
 
 Per-stage options (``--max-iters``, ``--lr``, ``--min-lr``, ``--warmup``) take ``A`` or ``A,B``
 (stage 1, stage 2); one value applies to the stage being run (to both for --max-iters/--warmup).
@@ -181,7 +182,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--val-grid", type=non_negative_int, metavar="N",
                    help="held-out photos scored on the robustness grid's cells at each "
                         "validation; the best-scoring weights are kept as best.safetensors "
-                        "(default 4, 0 = off; denoise/derain/deblur runs on clean photos)")
+                        "(default 4, 0 = off; runs on clean photos)")
     v.add_argument("--val-every", type=non_negative_int, default=1000,
                    help="validate every K iterations, 0 = only at stage ends (default 1000)")
     v.add_argument("--val-batch", type=positive_int, default=4, help="crops per pass")

@@ -142,18 +142,23 @@ def train_dataset(cfg: TrainConfig,
 
 
 def grid_validation_data(cfg: TrainConfig) -> GridValidationSet | None:
-    """The run's grid validation set (``grid_validation``), None where it does not apply: a
-    task without a grid, real pairs, super-resolution, no held-out photos or ``val_grid`` 0."""
+    """The run's grid validation set (``grid_validation``; for super-resolution its two LR
+    generators), None where it does not apply: a task without a grid, real pairs, no held-out
+    photos or ``val_grid`` 0."""
     from service.models.registry import ARCHITECTURES
-    from service.training.grid_validation import grid_validation_set
+    from service.training.grid_validation import grid_validation_set, sr_validation_set
 
-    if cfg.val_grid == 0 or cfg.clean is None or cfg.task is None or _scale(cfg) > 1:
+    if cfg.val_grid == 0 or cfg.clean is None or cfg.task is None:
         return None
     val_dir = Path(cfg.val_clean) if cfg.val_clean else _split_dirs(Path(cfg.clean))[1]
     if val_dir is None:
         return None
+    kind = ARCHITECTURES[cfg.arch].kind
+    if kind.scale > 1:
+        return sr_validation_set(val_dir, cfg.val_grid, cfg.val_patch, cfg.val_seed,
+                                 scale=kind.scale, multiple=kind.pad_multiple)
     return grid_validation_set(cfg.task, val_dir, cfg.val_grid, cfg.val_patch, cfg.val_seed,
-                               multiple=ARCHITECTURES[cfg.arch].kind.pad_multiple)
+                               multiple=kind.pad_multiple)
 
 
 def validation_pairs(cfg: TrainConfig) -> list[Pair]:

@@ -21,6 +21,10 @@ Score (dB, higher is better), from per-cell mean PSNR over the photos::
 
 The two penalties are the grid's two "never worse" targets (``service.evaluation.targets``):
 a checkpoint that wins on average by damaging light inputs or clean photos is not chosen.
+
+Super-resolution has no grid; its cells are the two LR generators of ``diffmamba eval --task
+sr`` (bicubic and Real-ESRGAN's second order), the gain is over bicubic upscaling of the LR
+input and PSNR is taken on the luma (Y) channel, as SR is scored.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = [
     "describe",
     "grid_validation_set",
     "score_grid",
+    "sr_validation_set",
 ]
 
 MARGIN = 64
@@ -63,6 +68,9 @@ class GridValidationSet:
     degraded: tuple[torch.Tensor, ...]
     clean: torch.Tensor
     photos: tuple[str, ...]
+    # what each cell's gain is measured from; None: the degraded input itself (same size)
+    baseline: tuple[torch.Tensor, ...] | None = None
+    luma: bool = False  # PSNR on BT.601 Y instead of RGB
 
 
 @dataclass(frozen=True)
@@ -170,16 +178,57 @@ def score_grid(vset: GridValidationSet,
     """
     cells: list[CellScore] = []
     step = max(1, batch)
-    for name, identity, degraded in zip(vset.names, vset.identity, vset.degraded, strict=True):
+    baselines = vset.baseline if vset.baseline is not None else vset.degraded
+    for name, identity, degraded, base in zip(vset.names, vset.identity, vset.degraded,
+                                              baselines, strict=True):
         outs = [restore_batch(degraded[s:s + step]) for s in range(0, len(degraded), step)]
         out = (torch.cat(outs).clamp(0, 1) * 255).round() / 255
-        cells.append(CellScore(name, identity, _mean_psnr(degraded, vset.clean),
-                               _mean_psnr(out, vset.clean)))
+        cells.append(CellScore(name, identity, _mean_psnr(base, vset.clean, vset.luma),
+                               _mean_psnr(out, vset.clean, vset.luma)))
     return GridScore(tuple(cells))
 
 
-def _mean_psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+def _mean_psnr(x: torch.Tensor, y: torch.Tensor, luma: bool = False) -> float:
+    if luma:
+        x, y = _luma(x), _luma(y)
     return float(psnr(x, y).mean())
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB -> (B, 1, H, W) Y in [0, 1] units, as ``evaluation.metrics.rgb_to_y``
+    (which is on the 0..255 scale)."""
+    from service.evaluation.metrics import Y_OFFSET, Y_WEIGHTS
+
+    weights = torch.tensor(Y_WEIGHTS, dtype=x.dtype).view(1, 3, 1, 1)
+    return ((x * weights).sum(1, keepdim=True) + Y_OFFSET) / 255.0
+
+
+def sr_validation_set(val_dir: str | Path, count: int, size: int, seed: int = 0,
+                      scale: int = 4, multiple: int = 8) -> GridValidationSet | None:
+    """LR/HR crops of ``count`` held-out photos for each LR generator, the HR side ``size`` or
+    less, rounded down so the LR side is a multiple of ``multiple``; None as
+    ``grid_validation_set``."""
+    from service.evaluation.sr_pairs import SR_DEGRADATIONS, sr_pairs
+    from service.evaluation.upscale import bicubic_up
+
+    if count < 1:
+        return None
+    photos = _photos(Path(val_dir), count)
+    if not photos:
+        return None
+    side = min(size, *(min(im.shape[:2]) for im in photos.values()))
+    side -= side % (multiple * scale)
+    if side < MIN_SIZE * scale:
+        return None
+    inputs, baselines, clean = [], [], None
+    for name in SR_DEGRADATIONS:
+        pairs = sr_pairs(name, seed, size=side, images=photos, scale=scale)
+        inputs.append(torch.stack([_tensor(p.degraded) for p in pairs]))
+        baselines.append(torch.stack([_tensor(bicubic_up(p.degraded, scale)) for p in pairs]))
+        clean = torch.stack([_tensor(p.clean) for p in pairs])
+    assert clean is not None
+    return GridValidationSet("sr", tuple(SR_DEGRADATIONS), (False,) * len(SR_DEGRADATIONS),
+                             tuple(inputs), clean, tuple(photos), tuple(baselines), luma=True)
 
 
 def best_improved(previous: float | None, score: float) -> bool:
