@@ -212,3 +212,16 @@ def test_sr_training_keeps_its_best_weights_too(big_pool: Path, tmp_path: Path) 
     assert "grid_score" in done and "grid_identity_psnr" not in done
     assert [e["step"] for e in log if e.get("event") == "best"] == [2]
     assert load_checkpoint(work / BEST_NAME).kind.scale == 4
+
+
+def test_a_resume_on_another_validation_set_starts_the_best_over(pool: Path,
+                                                                 tmp_path: Path) -> None:
+    work = tmp_path / "run"
+    first = Trainer.create(_config(pool, max_iters=(4, 1)), run_options(work, val_every=2,
+                                                                        session_iters=2))
+    assert first.run() == "session_iters" and first.best["step"] == 2
+    same = Trainer.resume(run_options(work, val_every=2, session_iters=1))
+    assert same.best == first.best
+    other = Trainer.resume(run_options(work, val_every=2), {"val_patch": 24})
+    assert other.best == {}
+    assert other.run() == "done" and other.best["step"] == 4

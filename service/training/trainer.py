@@ -166,7 +166,7 @@ class Trainer:
         self._val_set: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._grid_set: GridValidationSet | None = None
         self._grid_built = False
-        self.best: dict[str, float] = {}  # score, stage, step of the kept best weights
+        self.best: dict[str, Any] = {}  # score, stage, step, set of the kept best weights
         self.last_grid: GridScore | None = None
         self._stop: str | None = None
 
@@ -212,6 +212,10 @@ class Trainer:
         trainer.stage, trainer.step = int(state["stage"]), int(state["step"])
         trainer.last_val = dict(state.get("val", {}))
         trainer.best = dict(state.get("best", {}))
+        if trainer.best and trainer.best.get("set") != trainer._validation_signature():
+            # Scores on another validation set do not compare: the next validation starts over.
+            trainer._log({"event": "best_reset", "was": trainer.best})
+            trainer.best = {}
         if trainer.stage in trainer.done:
             trainer.position = 0  # nothing left of that stage to continue
         else:
@@ -428,12 +432,18 @@ class Trainer:
             return None
         return score_grid(self._grid_set, self._restore_batch, max(1, self.opts.val_batch))
 
+    def _validation_signature(self) -> str:
+        """What the grid validation set is built from; best scores compare only within one."""
+        c = self.cfg
+        return f"{c.val_clean or c.clean}|{c.val_grid}|{c.val_patch}|{c.val_seed}"
+
     def _keep_best(self, metrics: dict[str, float]) -> None:
         """Export the EMA weights to BEST_NAME when the grid score beats the kept one."""
         score = metrics.get("grid_score")
         if score is None or not best_improved(self.best.get("score"), score):
             return
-        self.best = {"score": score, "stage": self.stage, "step": self.step}
+        self.best = {"score": score, "stage": self.stage, "step": self.step,
+                     "set": self._validation_signature()}
         self.export(self.opts.workdir / BEST_NAME, {"grid_score": f"{score:.4f}"})
         self._log({"event": "best", **self.best})
 
