@@ -7,6 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+# Shared fixtures of the training tests (`single_thread`), importable helpers besides.
+pytest_plugins = ["training_helpers"]
+
 # Served outputs are compared at fixed tolerances (parity with the authors' outputs, batched
 # against solo, tiled against whole): they must not switch to bf16 on a CPU that has it. Tests of
 # the precision choice itself pass the setting explicitly.

@@ -4,17 +4,17 @@ kept checkpoint (best.safetensors), with the two "never worse" targets as penalt
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from training_helpers import make_pool, one_thread, run_options, train_cli
+from training_helpers import TINY_VMAMBAIR as TINY
+from training_helpers import TINY_VMAMBAIR_ARGS as TINY_ARGS
+from training_helpers import make_pool, run_options, train_cli
 
 from service.evaluation.grid import cells_for
 from service.models import load_checkpoint
-from service.nn.vmambair import VmambaIRConfig
 from service.nn.vmambair_sr import MambaRealSR11Config
 from service.training import TrainConfig, Trainer
 from service.training.data import grid_validation_data
@@ -28,15 +28,7 @@ from service.training.grid_validation import (
 from service.training.state import load_state, state_path
 from service.training.trainer import BEST_NAME
 
-TINY = VmambaIRConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, d_state=4)
-TINY_ARGS = ["--model", "vmambair", "--dim", "8", "--blocks", "1,1,1,1", "--refinement-blocks",
-             "1", "--d-state", "4"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ patches of a few synthetic clean images.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from training_helpers import make_pool, one_thread, smooth_image, train_cli
+from training_helpers import make_pool, smooth_image, train_cli
 
 from service.data.degrade.second_order import bicubic_down, second_order
 from service.data.sr_pairs import SRPairDataset
@@ -26,10 +25,7 @@ TINY_ARGS = ["--model", "vmambair-sr", "--dim", "8", "--blocks", "1,1,1,1",
              "--refinement-blocks", "1", "--d-state", "4"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

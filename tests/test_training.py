@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from training_helpers import make_pool, one_thread, run_options, smooth_image, train_cli
+from training_helpers import (
+    assert_same_weights,
+    fixed_batch_losses,
+    make_pool,
+    run_options,
+    smooth_batch,
+    smooth_image,
+    train_cli,
+)
 
 from service.diffusion import restore
 from service.models import load_model
@@ -40,10 +47,7 @@ TINY = DiffMambaConfig(dim=8, num_blocks=(1, 1, 1, 1), d_state=4)
 TINY_ARGS = ["--dim", "8", "--blocks", "1,1,1,1", "--d-state", "4"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -178,18 +182,12 @@ def test_lr_and_piecewise_schedules() -> None:
 def test_stage1_overfits_one_batch() -> None:
     torch.manual_seed(0)
     model = DiffMamba(TINY)
-    clean = torch.from_numpy(_smooth_image(5, 16)).permute(2, 0, 1)[None].float() / 255
-    clean = clean.repeat(4, 1, 1, 1)
+    clean = smooth_batch(5, 16, 4)
     degraded = (clean + 0.1 * torch.randn(clean.shape)).clamp(0, 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    losses = []
-    for _ in range(30):
-        gen = torch.Generator().manual_seed(0)  # the same t and ε every time: one fixed batch
-        loss = stage1_loss(model, degraded, clean, gen)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    # the same t and ε every time: one fixed batch
+    losses = fixed_batch_losses(
+        model, lambda: stage1_loss(model, degraded, clean, torch.Generator().manual_seed(0)),
+        30, lr=3e-3)
     assert losses[-1] < 0.6 * losses[0], losses
 
 
@@ -197,18 +195,12 @@ def test_stage2_loss_decreases_on_a_fixed_batch() -> None:
     """Stage 2 fine-tunes the whole 4-step sampler: on one batch (same x_T) its loss falls."""
     torch.manual_seed(0)
     model = DiffMamba(TINY)
-    clean = torch.from_numpy(_smooth_image(7, 16)).permute(2, 0, 1)[None].float() / 255
-    clean = clean.repeat(2, 1, 1, 1)
+    clean = smooth_batch(7, 16, 2)
     degraded = (clean + 0.1 * torch.randn(clean.shape)).clamp(0, 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    losses = []
-    for _ in range(15):
-        gen = torch.Generator().manual_seed(0)
-        loss = stage2_loss_fn(model, degraded, clean, gen, steps=4, alpha=0.84)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = fixed_batch_losses(
+        model, lambda: stage2_loss_fn(model, degraded, clean, torch.Generator().manual_seed(0),
+                                      steps=4, alpha=0.84),
+        15, lr=2e-3)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
@@ -247,10 +239,7 @@ def test_resume_is_bit_for_bit(pool: Path, tmp_path: Path) -> None:
     resumed = first.history + second.history + third.history
     assert [(r.stage, r.step) for r in resumed] == [(r.stage, r.step) for r in straight.history]
     assert [r.loss for r in resumed] == [r.loss for r in straight.history]
-    for name, value in straight.model.state_dict().items():
-        assert torch.equal(value, third.model.state_dict()[name]), name
-    for name, value in straight.ema.state_dict().items():
-        assert torch.equal(value, third.ema.state_dict()[name]), name
+    assert_same_weights(straight, third)
 
 
 def test_time_limit_saves_and_exits(pool: Path, tmp_path: Path) -> None:

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from training_helpers import make_pool, one_thread, run_options, smooth_image, train_cli
+from training_helpers import TINY_VMAMBAIR as TINY
+from training_helpers import TINY_VMAMBAIR_ARGS as TINY_ARGS
+from training_helpers import (
+    assert_same_weights,
+    fixed_batch_losses,
+    make_pool,
+    run_options,
+    smooth_batch,
+    train_cli,
+)
 
 from service.cli import train_cmd
 from service.models import load_checkpoint
@@ -22,19 +30,7 @@ from service.nn.vmambair import VmambaIR, VmambaIRConfig
 from service.training import TrainConfig, Trainer, single_pass_loss
 from service.training.state import load_state, state_path
 
-TINY = VmambaIRConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, d_state=4)
-TINY_ARGS = ["--model", "vmambair", "--dim", "8", "--blocks", "1,1,1,1", "--refinement-blocks",
-             "1", "--d-state", "4"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
-
-
-def _smooth_image(seed: int, size: int = 48) -> np.ndarray:
-    return smooth_image(seed, size)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +55,10 @@ def _fit_tiny(loss_name: str, iterations: int = 15) -> list[float]:
     """The loss of a tiny model fitted to one noisy pair, per iteration."""
     torch.manual_seed(0)
     model = VmambaIR(TINY)
-    clean = torch.from_numpy(_smooth_image(5, 16)).permute(2, 0, 1)[None].float() / 255
-    clean = clean.repeat(2, 1, 1, 1)
+    clean = smooth_batch(5, 16, 2)
     degraded = (clean + 0.1 * torch.randn(clean.shape)).clamp(0, 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    losses = []
-    for _ in range(iterations):
-        loss = single_pass_loss(model, degraded, clean, loss_name)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    return losses
+    return fixed_batch_losses(model, lambda: single_pass_loss(model, degraded, clean, loss_name),
+                              iterations, lr=2e-3)
 
 
 def test_a_few_iterations_lower_the_l1_loss() -> None:
@@ -99,10 +87,7 @@ def test_resume_is_bit_for_bit(pool: Path, tmp_path: Path) -> None:
     assert third.run() == "done"
     resumed = first.history + second.history + third.history
     assert [r.loss for r in resumed] == [r.loss for r in straight.history]
-    for name, value in straight.model.state_dict().items():
-        assert torch.equal(value, third.model.state_dict()[name]), name
-    for name, value in straight.ema.state_dict().items():
-        assert torch.equal(value, third.ema.state_dict()[name]), name
+    assert_same_weights(straight, third)
 
 
 def test_cli_trains_validates_and_exports_a_servable_model(pool: Path, tmp_path: Path) -> None:

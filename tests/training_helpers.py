@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from service.cli import train_cmd
-from service.training import RunOptions
+from service.nn.vmambair import VmambaIRConfig
+from service.training import RunOptions, Trainer
+
+#: The smallest VmambaIR the trainer accepts, and the same network as `diffmamba train` flags.
+TINY_VMAMBAIR = VmambaIRConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, d_state=4)
+TINY_VMAMBAIR_ARGS = ["--model", "vmambair", "--dim", "8", "--blocks", "1,1,1,1",
+                      "--refinement-blocks", "1", "--d-state", "4"]
 
 
 def smooth_image(seed: int, size: int = 64) -> np.ndarray:
@@ -49,6 +56,41 @@ def one_thread() -> Iterator[None]:
     finally:
         torch.set_num_threads(torch_threads)
         numba.set_num_threads(numba_threads)
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """`one_thread` for a whole test module: ``pytestmark = pytest.mark.usefixtures(...)``."""
+    with one_thread():
+        yield
+
+
+def smooth_batch(seed: int, size: int, batch: int) -> torch.Tensor:
+    """`smooth_image` as a (batch, 3, size, size) float tensor in [0, 1], one image repeated."""
+    image = torch.from_numpy(smooth_image(seed, size)).permute(2, 0, 1)[None].float() / 255
+    return image.repeat(batch, 1, 1, 1)
+
+
+def fixed_batch_losses(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor],
+                       iterations: int, lr: float) -> list[float]:
+    """The loss per AdamW step of `model` fitted to whatever single batch `loss_of` scores."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    losses = []
+    for _ in range(iterations):
+        loss = loss_of()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def assert_same_weights(expected: Trainer, actual: Trainer) -> None:
+    """Live and EMA weights equal bit for bit (a resumed run against a straight one)."""
+    for module_name in ("model", "ema"):
+        mine = getattr(actual, module_name).state_dict()
+        for name, value in getattr(expected, module_name).state_dict().items():
+            assert torch.equal(value, mine[name]), f"{module_name}.{name}"
 
 
 def run_options(workdir: Path, **changes: object) -> RunOptions:
