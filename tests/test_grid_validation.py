@@ -26,7 +26,7 @@ from service.training.grid_validation import (
     sr_validation_set,
 )
 from service.training.state import load_state, state_path
-from service.training.trainer import BEST_NAME
+from service.training.trainer import BEST_NAME, VALIDATED_DIR
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -115,6 +115,31 @@ def test_training_keeps_the_best_scoring_weights(pool: Path, tmp_path: Path) -> 
         meta = f.metadata()
     assert float(meta["grid_score"]) == pytest.approx(bests[-1]["score"], abs=1e-4)
     assert meta["iterations"] == str(bests[-1]["step"])
+
+
+def test_every_validated_step_can_be_kept(pool: Path, tmp_path: Path) -> None:
+    work = tmp_path / "run"
+    trainer = Trainer.create(_config(pool), run_options(work, val_every=2, keep_validated=True))
+    assert trainer.run() == "done"
+    kept = sorted((work / VALIDATED_DIR).iterdir())
+    # steps 2 and 4 (the stage's end validates step 4 once more: the same weights, rewritten)
+    assert [p.name for p in kept] == ["stage1-step000002.safetensors",
+                                      "stage1-step000004.safetensors"]
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    scores = {e["step"]: e["grid_score"] for e in log if "grid_score" in e and "step" in e}
+    for path, step in zip(kept, (2, 4), strict=True):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        assert meta["iterations"] == str(step)
+        assert float(meta["grid_score"]) == pytest.approx(scores[step], abs=1e-4)
+        assert load_checkpoint(path).config == TINY
+    final = load_checkpoint(kept[-1]).model.state_dict()
+    for name, value in load_checkpoint(work / "stage1.safetensors").model.state_dict().items():
+        assert torch.equal(value, final[name]), name
+    assert not list((work / VALIDATED_DIR).glob("*.pth"))
+    # off by default
+    Trainer.create(_config(pool), run_options(tmp_path / "plain", val_every=2)).run()
+    assert not (tmp_path / "plain" / VALIDATED_DIR).exists()
 
 
 def test_a_fine_tuning_run_scores_its_starting_weights_first(pool: Path, tmp_path: Path) -> None:

@@ -186,6 +186,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--val-every", type=non_negative_int, default=1000,
                    help="validate every K iterations, 0 = only at stage ends (default 1000)")
     v.add_argument("--val-batch", type=positive_int, default=4, help="crops per pass")
+    v.add_argument("--keep-validated", action="store_true",
+                   help="also write the EMA weights of every validation to "
+                        "DIR/validated/stage<S>-step<N>.safetensors (servable as they are), to "
+                        "compare the validated steps on the evaluation grid afterwards")
 
     r = p.add_argument_group("session")
     r.add_argument("--save-every", type=positive_int, default=500,
@@ -356,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, progress=args.progress, device=device,
         precision=precision,
         output=Path(args.output) if args.output else None,
+        keep_validated=args.keep_validated,
     )
     try:
         if args.resume:

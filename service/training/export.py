@@ -46,8 +46,10 @@ def export_weights(
     model_config: dict[str, Any],
     metadata: Mapping[str, Any],
     arch: str = ARCH,
-) -> tuple[Path, Path]:
-    """Write ``output`` (.safetensors, EMA weights) and the same stem with ``.pth``."""
+    pth: bool = True,
+) -> tuple[Path, ...]:
+    """Write ``output`` (.safetensors, EMA weights) and, with ``pth``, the same stem with
+    ``.pth`` (the authors' BasicSR layout: live and EMA weights)."""
     out = Path(output)
     if out.suffix != ".safetensors":
         out = out.with_suffix(".safetensors")
@@ -55,17 +57,19 @@ def export_weights(
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     ema = _plain(params_ema)
     _atomic(out, lambda p: write_safetensors(p, ema, arch, model_config, meta))
-    pth = out.with_suffix(".pth")
+    if not pth:
+        return (out,)
+    bundle_path = out.with_suffix(".pth")
     bundle = {"params": _plain(params), "params_ema": ema}
-    _atomic(pth, lambda p: torch.save(bundle, p))
-    return out, pth
+    _atomic(bundle_path, lambda p: torch.save(bundle, p))
+    return out, bundle_path
 
 
 EXPORT_WEIGHTS = ("ema", "params")
 
 
 def export_from_workdir(workdir: str | Path, output: str | Path,
-                        weights: str = "ema") -> tuple[Path, Path]:
+                        weights: str = "ema") -> tuple[Path, ...]:
     """Export the current weights of a (possibly unfinished) run in ``workdir``.
 
     ``weights="params"`` serves the live weights instead of the average (in the .safetensors

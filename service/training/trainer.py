@@ -55,6 +55,7 @@ from service.training.state import capture_rng, load_state, restore_rng, save_st
 LOG = logging.getLogger("service.training")
 LOG_NAME = "log.jsonl"
 BEST_NAME = "best.safetensors"
+VALIDATED_DIR = "validated"  # with RunOptions.keep_validated: one file per validation
 """The best-scoring weights on the grid validation (``grid_validation``), with its .pth."""
 ALWAYS_CHANGEABLE = ("stage", "max_iters", "val_count", "val_patch", "val_seed", "val_grid")
 """Fields a resume may always change: going on to stage 2, extending a run, validation."""
@@ -81,6 +82,10 @@ class RunOptions:
     precision: str = "fp32"
     output: Path | None = None
     handle_signals: bool = True
+    # Also write the EMA weights of every validation to VALIDATED_DIR: the kept best is chosen
+    # on pool photos, and a run's trade-offs (say, clean photos against heavy degradations)
+    # can then be judged on the test grid for every validated step, not just the best one.
+    keep_validated: bool = False
 
 
 @dataclass(frozen=True)
@@ -338,7 +343,7 @@ class Trainer:
 
     def _finish_stage(self) -> None:
         metrics = self.validate()
-        self._keep_best(metrics)
+        self._keep_validated(metrics)
         self.done.append(self.stage)
         paths = self.export(self.opts.workdir / f"stage{self.stage}.safetensors")
         final = self.stage == self.cfg.stages[-1]
@@ -437,6 +442,14 @@ class Trainer:
         c = self.cfg
         return f"{c.val_clean or c.clean}|{c.val_grid}|{c.val_patch}|{c.val_seed}"
 
+    def _keep_validated(self, metrics: dict[str, float]) -> None:
+        """The best weights so far and, with ``keep_validated``, these ones whatever they score."""
+        if metrics and self.opts.keep_validated:
+            score = metrics.get("grid_score")
+            self.export(self.validated_path(),
+                        {} if score is None else {"grid_score": f"{score:.4f}"}, pth=False)
+        self._keep_best(metrics)
+
     def _keep_best(self, metrics: dict[str, float]) -> None:
         """Export the EMA weights to BEST_NAME when the grid score beats the kept one."""
         score = metrics.get("grid_score")
@@ -466,7 +479,7 @@ class Trainer:
             bar.write(line)
         else:
             LOG.info(line)
-        self._keep_best(metrics)
+        self._keep_validated(metrics)
 
     # ----------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
@@ -494,13 +507,18 @@ class Trainer:
         save_state(path, self.state_dict())
         return path
 
-    def export(self, output: Path, extra: dict[str, str] | None = None) -> tuple[Path, Path]:
+    def export(self, output: Path, extra: dict[str, str] | None = None,
+               pth: bool = True) -> tuple[Path, ...]:
         return export_weights(
             output, self.model.state_dict(), self.ema.state_dict(),
             model_config(self.cfg.arch, self.cfg.model).to_dict(),
             {**stage_metadata(self.cfg.to_dict(), self.stage, self.step), **(extra or {})},
-            arch=self.cfg.arch,
+            arch=self.cfg.arch, pth=pth,
         )
+
+    def validated_path(self) -> Path:
+        return self.opts.workdir / VALIDATED_DIR / f"stage{self.stage}-step{self.step:06d}" \
+            ".safetensors"
 
     def _log_train(self, record: StepRecord, window: list[float], seconds: float) -> None:
         assert self.data is not None
