@@ -285,6 +285,45 @@ def test_cli_grid_bad_arguments(argv: list[str], message: str,
     assert "diffmamba: error:" in err and message in err
 
 
+def test_cli_grid_on_photos_of_a_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    photos = tmp_path / "val"
+    photos.mkdir()
+    for name, image in _images().items():
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(photos / f"{name}.png")
+    (photos / "notes.txt").write_text("not a photo")
+    out = tmp_path / "g.json"
+    assert _run(["--task", "denoise", "--grid", "--baseline-only", "--photos", str(photos),
+                 "--size", "24", "--limit", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["source"]["names"] == ["a"] and data["source"]["photos"] == str(photos)
+    assert [len(c["images"]) for c in data["cells"]] == [1] * len(cells_for("denoise"))
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "message"),
+    [
+        (None, [], "with --grid"),
+        ("missing", ["--grid"], "not a folder"),
+        ("empty", ["--grid"], "no images"),
+        ("broken", ["--grid"], "not a readable image"),
+    ],
+)
+def test_cli_grid_photos_errors(setup: str | None, extra: list[str], message: str,
+                                tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "photos"
+    if setup in ("empty", "broken"):
+        folder.mkdir()
+    if setup == "broken":
+        (folder / "x.png").write_bytes(b"not a png")
+    if setup is None:
+        folder.mkdir()
+    assert _run(["--task", "denoise", "--baseline-only", *extra, "--photos", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "diffmamba: error:" in err and message in err
+
+
 @pytest.mark.parametrize("other", [["--pairs", "/tmp"], ["--synthetic"]])
 def test_cli_grid_excludes_other_pair_sources(other: list[str],
                                               capsys: pytest.CaptureFixture) -> None:

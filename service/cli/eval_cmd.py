@@ -74,6 +74,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--grid", action="store_true",
                      help="the robustness grid: every degradation cell of the task on the "
                           "sample photos, per-cell means and the task's targets")
+    p.add_argument("--photos", metavar="DIR",
+                   help="with --grid: the clean photos of DIR instead of scikit-image's (say a "
+                        "pool's held-out data/pool/val, to choose between checkpoints without "
+                        "looking at the test photos)")
     p.add_argument("--seed", type=int, default=0,
                    help="degradation seed of the synthetic set (image i uses seed + i; "
                         "with --grid, image i of cell c uses [seed, c, i])")
@@ -108,6 +112,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--checkpoint is required (or pass --baseline-only)"
     if args.task == SR_TASK and (args.grid or args.pairs):
         return "--task sr evaluates synthetic LR/HR pairs only (no --grid, no --pairs)"
+    if args.photos and not args.grid:
+        return "--photos chooses the grid's photos: use it with --grid"
     if args.grid and args.seed < 0:
         return f"--grid needs --seed >= 0, got {args.seed}"
     if args.pairs and not Path(args.pairs).is_dir():
@@ -243,12 +249,12 @@ def _describe(source: dict[str, Any]) -> str:
 
 def _run_grid(args: argparse.Namespace, restorer: Any, model_info: dict[str, Any] | None) -> int:
     """``--grid``: every cell through ``evaluate`` with the same restorer, then the targets."""
-    from service.data.evaluation import evaluation_images
+    from service.data.evaluation import evaluation_images, folder_images
     from service.evaluation.grid_report import grid_text, write_grid_json, write_grid_markdown
     from service.evaluation.grid_runner import run_grid
 
     try:
-        images = evaluation_images()
+        images = folder_images(args.photos) if args.photos else evaluation_images()
     except (ValueError, ImportError) as exc:
         return fail(str(exc))
     if restorer is not None:
@@ -267,14 +273,15 @@ def _run_grid(args: argparse.Namespace, restorer: Any, model_info: dict[str, Any
         return fail(str(exc))
     names = list(images)[: args.limit]
     source = {"kind": "grid", "seed": args.seed, "size": args.size, "limit": args.limit,
-              "crop_border": args.crop_border, "names": names}
+              "crop_border": args.crop_border, "names": names, "photos": args.photos}
     result.info.update(source=source, model=model_info,
                        wall_seconds=round(time.perf_counter() - start, 1))
     print(grid_text(result))
     what = Path(args.checkpoint).name if args.checkpoint else "baseline only"
     size = f", centre {args.size}px" if args.size else ""
+    photos = f" of {args.photos}" if args.photos else ""
     title = (f"{args.task} robustness grid ({what}, seed {args.seed}, {len(names)} images"
-             f"{size})")
+             f"{photos}{size})")
     try:
         if args.json:
             write_grid_json(result, args.json)

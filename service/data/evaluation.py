@@ -9,6 +9,7 @@ serving never needs scikit-image.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -56,6 +57,27 @@ def evaluation_images(names: tuple[str, ...] | None = None) -> dict[str, np.ndar
     if unknown:
         raise ValueError(f"unknown evaluation images {unknown}; known: {EVALUATION_NAMES}")
     return {name: to_float_rgb(_load(EVALUATION_SOURCES[name])) for name in chosen}
+
+
+def folder_images(folder: str | Path) -> dict[str, np.ndarray]:
+    """Clean photos of ``folder`` (file stem -> float32 (H, W, 3)), sorted by name: the grid
+    on other photos than scikit-image's, e.g. a pool's held-out ``val`` split. ValueError when
+    the folder is missing or holds no image."""
+    from service.data.datasets import list_images, load_rgb
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"--photos {folder}: not a folder")
+    paths = list_images(root)
+    if not paths:
+        raise ValueError(f"--photos {folder}: no images (.png, .jpg, ...) in it")
+    images = {}
+    for path in paths:
+        try:
+            images[path.stem] = to_float_rgb(load_rgb(path))
+        except OSError as exc:
+            raise ValueError(f"--photos {path}: not a readable image ({exc})") from exc
+    return images
 
 
 def fingerprint(image: np.ndarray, size: int = 16) -> np.ndarray:
