@@ -163,6 +163,33 @@ def test_psnr_loss_is_minus_the_mean_psnr_of_the_images() -> None:
         pytest.approx(-20.0, abs=0.1)
 
 
+def test_psnr_ceiling_ignores_images_restored_above_it(pool: Path, tmp_path: Path) -> None:
+    from service.training.losses import psnr_loss
+
+    clean = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    # image 0 at 40 dB (rms error 0.01), image 1 at 20 dB (0.1)
+    error = torch.tensor([0.01, 0.1]).view(2, 1, 1, 1) * torch.ones_like(clean)
+    restored = (clean + error).requires_grad_(True)
+    assert float(psnr_loss(restored, clean, ceiling=30.0)) == pytest.approx(-(30 + 20) / 2,
+                                                                            abs=1e-3)
+    psnr_loss(restored, clean, ceiling=30.0).backward()
+    assert restored.grad is not None
+    assert float(restored.grad[0].abs().max()) == 0.0 and float(restored.grad[1].abs().max()) > 0
+    # below the ceiling nothing changes
+    assert float(psnr_loss(restored, clean, ceiling=50.0)) == pytest.approx(
+        float(psnr_loss(restored, clean)), abs=1e-6)
+    with pytest.raises(ValueError, match="PSNR ceiling"):
+        _config(pool, psnr_ceiling=40.0)  # the loss is L1
+    with pytest.raises(ValueError, match="PSNR ceiling"):
+        _config(pool, loss="psnr", psnr_ceiling=-1.0)
+    work = tmp_path / "run"
+    assert _cli(["train", "--workdir", str(work), "--task", "derain", "--clean", str(pool),
+                 *TINY_ARGS, "--max-iters", "2", "--batch-schedule", "2", "--patch-schedule",
+                 "16", "--loss", "psnr", "--psnr-ceiling", "45", "--val-grid", "0",
+                 "--no-progress", "--threads", "1"]) == 0
+    assert load_state(state_path(work))["config"]["psnr_ceiling"] == 45.0
+
+
 def test_psnr_loss_trains_and_is_a_single_pass_option(pool: Path, tmp_path: Path) -> None:
     losses = _fit_tiny("psnr")
     assert losses[-1] < losses[0] - 3, losses  # at least 3 dB better

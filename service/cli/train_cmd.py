@@ -64,8 +64,9 @@ RELEASE_SCHEDULES = {  # model -> (patch schedule, batch schedule) when none is 
 }
 PER_STAGE = ("max_iters", "lr", "min_lr", "warmup")
 PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_decay",
-         "ema_decay", "ema_warmup", "grad_clip", "loss", "steps", "alpha", "seed", "epoch_size",
-         "clean_share", "val_count", "val_patch", "val_seed", "val_grid", "init", "init_weights")
+         "ema_decay", "ema_warmup", "grad_clip", "loss", "psnr_ceiling", "steps", "alpha", "seed",
+         "epoch_size", "clean_share", "val_count", "val_patch", "val_seed", "val_grid", "init",
+         "init_weights")
 MODEL_ARCHS = {"diffmamba": "diffmamba", "vmambair": "vmambair", "vmambair-sr": "mambarealsr11"}
 """``--model`` name -> registered architecture."""
 MODELS = tuple(MODEL_ARCHS)
@@ -163,6 +164,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="single-pass objective: l1 (the release's, default) or psnr (minus the "
                         "mean PSNR of the batch's images: light and clean inputs weigh as much "
                         "as heavy ones)")
+    t.add_argument("--psnr-ceiling", type=positive_float, metavar="DB",
+                   help="with --loss psnr: images restored above DB dB add nothing to the loss, "
+                        "so clean pairs hold a clean photo near DB instead of pulling the "
+                        "network towards the identity (default: no ceiling)")
     t.add_argument("--patch-schedule", type=_schedule,
                    help="patch size from an iteration on, e.g. 64:0,96:2000,128:4000 (64)")
     t.add_argument("--batch-schedule", type=_schedule,

@@ -63,6 +63,7 @@ class TrainConfig:
     ema_warmup: int = 10
     grad_clip: float = 0.0
     loss: str = "l1"  # single-pass objective (service.training.losses.RESTORATION_LOSSES)
+    psnr_ceiling: float | None = None  # dB: the PSNR loss ignores images restored above it
     patch_schedule: Piecewise = ((64, 0),)
     batch_schedule: Piecewise = ((8, 0),)
     steps: int = 4
@@ -126,6 +127,10 @@ class TrainConfig:
         elif kind is not None and kind.takes_timestep and self.loss != "l1":
             problems.append(f"--loss applies to single-pass models; {self.arch} trains with the "
                             "release's stage losses")
+        if self.psnr_ceiling is not None and (self.loss != "psnr" or
+                                              not 0 < self.psnr_ceiling <= 100):
+            problems.append("a PSNR ceiling applies to --loss psnr and must be in (0, 100] dB, "
+                            f"got {self.psnr_ceiling!r} with loss {self.loss!r}")
         if self.init_weights not in ("ema", "params"):
             problems.append("init weights must be 'ema' or 'params'")
         if problems:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from service.diffusion import DDIMSchedule, restore
-from service.training.losses import RESTORATION_LOSSES, l1_loss, stage2_loss
+from service.training.losses import RESTORATION_LOSSES, l1_loss, psnr_loss, stage2_loss
 
 SCHEDULE = DDIMSchedule()
 
@@ -59,7 +59,11 @@ def stage2_loss_fn(
 
 
 def single_pass_loss(model: nn.Module, degraded: torch.Tensor, clean: torch.Tensor,
-                     loss: str = "l1") -> torch.Tensor:
+                     loss: str = "l1", psnr_ceiling: float | None = None) -> torch.Tensor:
     """``loss``(net(y), x0) with images in [0, 1] (``RESTORATION_LOSSES``: L1 as the release,
-    or PSNR): the network restores in one pass, nothing is drawn."""
-    return RESTORATION_LOSSES[loss](model(degraded), clean)
+    or PSNR, optionally capped at ``psnr_ceiling`` dB per image): the network restores in one
+    pass, nothing is drawn."""
+    restored = model(degraded)
+    if loss == "psnr":
+        return psnr_loss(restored, clean, psnr_ceiling)
+    return RESTORATION_LOSSES[loss](restored, clean)

@@ -316,7 +316,8 @@ class Trainer:
         self.model.train()
         with autocast(self.opts.precision, self.device):
             if self.cfg.single_pass:
-                loss = single_pass_loss(self.model, degraded, clean, self.cfg.loss)
+                loss = single_pass_loss(self.model, degraded, clean, self.cfg.loss,
+                                        self.cfg.psnr_ceiling)
             elif self.stage == 1:
                 loss = stage1_loss(self.model, degraded, clean, self.noise)
             else:
