@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from training_helpers import TINY_VMAMBAIR as TINY
 from training_helpers import TINY_VMAMBAIR_ARGS as TINY_ARGS
 from training_helpers import (
@@ -188,6 +189,9 @@ def test_psnr_ceiling_ignores_images_restored_above_it(pool: Path, tmp_path: Pat
                  "16", "--loss", "psnr", "--psnr-ceiling", "45", "--val-grid", "0",
                  "--no-progress", "--threads", "1"]) == 0
     assert load_state(state_path(work))["config"]["psnr_ceiling"] == 45.0
+    with safe_open(str(work / "stage1.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert (meta["objective"], meta["psnr_ceiling"]) == ("psnr", "45.0")
 
 
 def test_psnr_loss_trains_and_is_a_single_pass_option(pool: Path, tmp_path: Path) -> None:

@@ -122,5 +122,7 @@ def stage_metadata(config: Mapping[str, Any], stage: int, step: int) -> dict[str
     }
     if config.get("arch", ARCH) != ARCH:  # single-pass: no sampler
         meta.pop("sampler_steps")
-        meta["objective"] = "l1"
+        meta["objective"] = str(config.get("loss") or "l1")
+        if config.get("psnr_ceiling") is not None:
+            meta["psnr_ceiling"] = str(config["psnr_ceiling"])
     return meta
