@@ -40,7 +40,7 @@ from service.training import (
     value_at,
 )
 from service.training.ema import warmup_decay
-from service.training.losses import ms_ssim_scales, stage2_loss
+from service.training.losses import ms_ssim_scales, restoration_loss, stage2_loss
 from service.training.state import load_state, state_path
 
 TINY = DiffMambaConfig(dim=8, num_blocks=(1, 1, 1, 1), d_state=4)
@@ -199,9 +199,50 @@ def test_stage2_loss_decreases_on_a_fixed_batch() -> None:
     degraded = (clean + 0.1 * torch.randn(clean.shape)).clamp(0, 1)
     losses = fixed_batch_losses(
         model, lambda: stage2_loss_fn(model, degraded, clean, torch.Generator().manual_seed(0),
-                                      steps=4, alpha=0.84),
+                                      steps=4),
         15, lr=2e-3)
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_stage2_trains_with_the_chosen_image_loss(pool: Path, tmp_path: Path) -> None:
+    """--loss psnr (with a ceiling) applies to the sampler's output in stage 2; older states,
+    whose "loss" was the single-pass option, resume with the release's stage-2 loss."""
+    torch.manual_seed(0)
+    model = DiffMamba(TINY)
+    clean = smooth_batch(7, 16, 2)
+    degraded = (clean + 0.1 * torch.randn(clean.shape)).clamp(0, 1)
+    loss = restoration_loss("psnr", ceiling=60.0)
+    losses = fixed_batch_losses(
+        model, lambda: stage2_loss_fn(model, degraded, clean, torch.Generator().manual_seed(0),
+                                      steps=4, loss=loss),
+        15, lr=2e-3)
+    assert losses[-1] < losses[0] - 2, losses  # at least 2 dB better
+    assert _config(pool).loss_name == "ms-ssim-l1"
+    assert _config(pool, image_loss="l1").loss_name == "l1"
+    old = {**_config(pool).to_dict(), "loss": "l1"}
+    del old["image_loss"]
+    assert TrainConfig.from_dict(old).loss_name == "ms-ssim-l1"
+
+    work = tmp_path / "run"
+    init = tmp_path / "init.safetensors"
+    assert _cli(["train", "--workdir", str(tmp_path / "s1"), "--task", "derain", "--clean",
+                 str(pool), *TINY_ARGS, "--stage", "1", "--max-iters", "1", "--batch-schedule",
+                 "2", "--patch-schedule", "16", "--val-grid", "0", "--no-progress", "--threads",
+                 "1", "--output", str(init)]) == 0
+    assert _cli(["train", "--workdir", str(work), "--task", "derain", "--clean", str(pool),
+                 "--init", str(init), "--stage", "2", "--max-iters", "2", "--batch-schedule",
+                 "2", "--patch-schedule", "16", "--loss", "psnr", "--psnr-ceiling", "40",
+                 "--log-every", "1",
+                 "--val-grid", "0", "--no-progress", "--threads", "1"]) == 0
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert [e["loss"] < 0 for e in log if "loss" in e] == [True, True]  # minus dB
+    from safetensors import safe_open
+
+    with safe_open(str(work / "stage2.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert (meta["objective"], meta["psnr_ceiling"]) == ("psnr", "40.0")
+    with safe_open(str(init), framework="pt") as f:
+        assert f.metadata()["objective"] == "noise-l1"
 
 
 def test_stage2_backpropagates_through_every_sampler_step() -> None:

@@ -182,7 +182,7 @@ def test_psnr_ceiling_ignores_images_restored_above_it(pool: Path, tmp_path: Pat
     with pytest.raises(ValueError, match="PSNR ceiling"):
         _config(pool, psnr_ceiling=40.0)  # the loss is L1
     with pytest.raises(ValueError, match="PSNR ceiling"):
-        _config(pool, loss="psnr", psnr_ceiling=-1.0)
+        _config(pool, image_loss="psnr", psnr_ceiling=-1.0)
     work = tmp_path / "run"
     assert _cli(["train", "--workdir", str(work), "--task", "derain", "--clean", str(pool),
                  *TINY_ARGS, "--max-iters", "2", "--batch-schedule", "2", "--patch-schedule",
@@ -197,10 +197,8 @@ def test_psnr_ceiling_ignores_images_restored_above_it(pool: Path, tmp_path: Pat
 def test_psnr_loss_trains_and_is_a_single_pass_option(pool: Path, tmp_path: Path) -> None:
     losses = _fit_tiny("psnr")
     assert losses[-1] < losses[0] - 3, losses  # at least 3 dB better
-    with pytest.raises(ValueError, match="loss must be one of l1, psnr"):
-        _config(pool, loss="ssim")
-    with pytest.raises(ValueError, match="single-pass"):
-        TrainConfig(model={}, task="derain", clean=str(pool), loss="psnr")
+    with pytest.raises(ValueError, match="loss must be one of l1, psnr, ms-ssim-l1"):
+        _config(pool, image_loss="ssim")
     work = tmp_path / "run"
     assert _cli(["train", "--workdir", str(work), "--task", "derain", "--clean", str(pool),
                  *TINY_ARGS, "--max-iters", "2", "--batch-schedule", "2", "--patch-schedule",
@@ -208,6 +206,6 @@ def test_psnr_loss_trains_and_is_a_single_pass_option(pool: Path, tmp_path: Path
                  "1"]) == 0
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     assert all(e["loss"] < 0 for e in log if "loss" in e)  # minus dB
-    assert load_state(state_path(work))["config"]["loss"] == "psnr"
+    assert load_state(state_path(work))["config"]["image_loss"] == "psnr"
     assert _cli(["train", "--workdir", str(tmp_path / "bad"), "--task", "derain", "--clean",
                  str(pool), *TINY_ARGS, "--loss", "ssim", "--no-progress"]) != 0

@@ -64,9 +64,9 @@ RELEASE_SCHEDULES = {  # model -> (patch schedule, batch schedule) when none is 
 }
 PER_STAGE = ("max_iters", "lr", "min_lr", "warmup")
 PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_decay",
-         "ema_decay", "ema_warmup", "grad_clip", "loss", "psnr_ceiling", "steps", "alpha", "seed",
-         "epoch_size", "clean_share", "val_count", "val_patch", "val_seed", "val_grid", "init",
-         "init_weights")
+         "ema_decay", "ema_warmup", "grad_clip", "image_loss", "psnr_ceiling", "steps", "alpha",
+         "seed", "epoch_size", "clean_share", "val_count", "val_patch", "val_seed", "val_grid",
+         "init", "init_weights")
 MODEL_ARCHS = {"diffmamba": "diffmamba", "vmambair": "vmambair", "vmambair-sr": "mambarealsr11"}
 """``--model`` name -> registered architecture."""
 MODELS = tuple(MODEL_ARCHS)
@@ -160,10 +160,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="EMA decay ramp: min(decay, (1+t)/(N+t)) at iteration t of a stage; "
                    "0 = constant decay (default 10)")
     t.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default)")
-    t.add_argument("--loss", metavar="{l1,psnr}",
-                   help="single-pass objective: l1 (the release's, default) or psnr (minus the "
+    t.add_argument("--loss", dest="image_loss", metavar="{l1,psnr,ms-ssim-l1}",
+                   help="how a restoration is compared with the clean image, in a single-pass "
+                        "network's regression and in Diff-Mamba's stage 2: l1, psnr (minus the "
                         "mean PSNR of the batch's images: light and clean inputs weigh as much "
-                        "as heavy ones)")
+                        "as heavy ones) or ms-ssim-l1 (--alpha·(1 − MS-SSIM) + (1 − alpha)·L1); "
+                        "default: the release's, l1 for VmambaIR, ms-ssim-l1 for Diff-Mamba")
     t.add_argument("--psnr-ceiling", type=positive_float, metavar="DB",
                    help="with --loss psnr: images restored above DB dB add nothing to the loss, "
                         "so clean pairs hold a clean photo near DB instead of pulling the "

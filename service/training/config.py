@@ -11,7 +11,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from service.diffusion import MAX_STEPS
-from service.training.losses import RESTORATION_LOSSES
+from service.training.losses import (
+    DEFAULT_LOSS,
+    RESTORATION_LOSSES,
+    ImageLoss,
+    restoration_loss,
+)
 from service.training.schedule import Piecewise, validate_piecewise
 
 if TYPE_CHECKING:
@@ -62,7 +67,9 @@ class TrainConfig:
     # saved before the ramp existed.
     ema_warmup: int = 10
     grad_clip: float = 0.0
-    loss: str = "l1"  # single-pass objective (service.training.losses.RESTORATION_LOSSES)
+    # restoration vs clean image (service.training.losses.RESTORATION_LOSSES): a single-pass
+    # network's regression, Diff-Mamba's stage 2; None = the release's (DEFAULT_LOSS)
+    image_loss: str | None = None
     psnr_ceiling: float | None = None  # dB: the PSNR loss ignores images restored above it
     patch_schedule: Piecewise = ((64, 0),)
     batch_schedule: Piecewise = ((8, 0),)
@@ -121,16 +128,13 @@ class TrainConfig:
         elif not kind.takes_timestep and self.stage != "1":
             problems.append(f"{self.arch} trains in one stage (L1 regression): stage must be"
                             f" '1', got {self.stage!r}")
-        if self.loss not in RESTORATION_LOSSES:
+        if self.image_loss is not None and self.image_loss not in RESTORATION_LOSSES:
             problems.append(f"loss must be one of {', '.join(RESTORATION_LOSSES)}, got "
-                            f"{self.loss!r}")
-        elif kind is not None and kind.takes_timestep and self.loss != "l1":
-            problems.append(f"--loss applies to single-pass models; {self.arch} trains with the "
-                            "release's stage losses")
-        if self.psnr_ceiling is not None and (self.loss != "psnr" or
-                                              not 0 < self.psnr_ceiling <= 100):
+                            f"{self.image_loss!r}")
+        elif kind is not None and self.psnr_ceiling is not None and (
+                self.loss_name != "psnr" or not 0 < self.psnr_ceiling <= 100):
             problems.append("a PSNR ceiling applies to --loss psnr and must be in (0, 100] dB, "
-                            f"got {self.psnr_ceiling!r} with loss {self.loss!r}")
+                            f"got {self.psnr_ceiling!r} with loss {self.loss_name!r}")
         if self.init_weights not in ("ema", "params"):
             problems.append("init weights must be 'ema' or 'params'")
         if problems:
@@ -141,6 +145,18 @@ class TrainConfig:
         """True for networks trained by direct regression (no noise, no sampler)."""
         kind = architecture_kind(self.arch)
         return kind is not None and not kind.takes_timestep
+
+    @property
+    def loss_name(self) -> str:
+        """The image loss in use: the chosen one, or the release's for this network."""
+        if self.image_loss is not None:
+            return self.image_loss
+        kind = architecture_kind(self.arch)
+        return DEFAULT_LOSS[kind is not None and kind.takes_timestep]
+
+    def build_loss(self) -> ImageLoss:
+        """The configured image loss (MS-SSIM weight ``alpha``, PSNR ``psnr_ceiling``)."""
+        return restoration_loss(self.loss_name, self.alpha, self.psnr_ceiling)
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -164,6 +180,14 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        data = dict(data)
+        if "loss" in data:
+            # Saved before the loss applied to Diff-Mamba's stage 2: "loss" was the single-pass
+            # regression's, and Diff-Mamba always used the release's stage-2 loss.
+            old = data.pop("loss")
+            kind = architecture_kind(data.get("arch", "diffmamba"))
+            data.setdefault("image_loss",
+                            None if kind is not None and kind.takes_timestep else old)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training options in state: {unknown}")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from service.models import write_safetensors
+from service.training.config import TrainConfig
 from service.training.state import load_state, state_path
 
 ARCH = "diffmamba"
@@ -122,7 +123,9 @@ def stage_metadata(config: Mapping[str, Any], stage: int, step: int) -> dict[str
     }
     if config.get("arch", ARCH) != ARCH:  # single-pass: no sampler
         meta.pop("sampler_steps")
-        meta["objective"] = str(config.get("loss") or "l1")
-        if config.get("psnr_ceiling") is not None:
-            meta["psnr_ceiling"] = str(config["psnr_ceiling"])
+    cfg = TrainConfig.from_dict(dict(config))
+    # Diff-Mamba's stage 1 estimates noise; the image loss is stage 2's (and a single pass's).
+    meta["objective"] = "noise-l1" if stage == 1 and not cfg.single_pass else cfg.loss_name
+    if cfg.psnr_ceiling is not None and meta["objective"] == "psnr":
+        meta["psnr_ceiling"] = str(cfg.psnr_ceiling)
     return meta

@@ -60,13 +60,6 @@ def psnr_loss(a: torch.Tensor, b: torch.Tensor, ceiling: float | None = None) ->
     return -psnr.mean()
 
 
-RESTORATION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "l1": l1_loss,
-    "psnr": psnr_loss,
-}
-"""Losses a single-pass network can regress the clean image with (``--loss``)."""
-
-
 def gaussian_window(size: int = WIN_SIZE, sigma: float = WIN_SIGMA) -> torch.Tensor:
     """Normalised 1-D Gaussian of ``size`` taps (float64, made separable by the caller)."""
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
@@ -170,3 +163,41 @@ def stage2_loss(
 ) -> torch.Tensor:
     """α·(1 − MS-SSIM) + (1 − α)·L1, both images in [0, 1] (the paper's fine-stage loss)."""
     return alpha * (1 - ms_ssim(restored, clean)) + (1 - alpha) * l1_loss(restored, clean)
+
+
+ImageLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(restored, clean) -> scalar loss, both images in [0, 1]."""
+
+
+def _l1(alpha: float, ceiling: float | None) -> ImageLoss:
+    return l1_loss
+
+
+def _psnr(alpha: float, ceiling: float | None) -> ImageLoss:
+    return lambda a, b: psnr_loss(a, b, ceiling)
+
+
+def _ms_ssim_l1(alpha: float, ceiling: float | None) -> ImageLoss:
+    return lambda a, b: stage2_loss(a, b, alpha)
+
+
+RESTORATION_LOSSES: dict[str, Callable[[float, float | None], ImageLoss]] = {
+    "l1": _l1,
+    "psnr": _psnr,
+    "ms-ssim-l1": _ms_ssim_l1,
+}
+"""``--loss``: how a restoration is compared with the clean image, for a single-pass network's
+regression and for Diff-Mamba's stage 2 alike. Each entry builds the loss from the run's
+``alpha`` (the MS-SSIM weight) and ``psnr_ceiling``."""
+
+DEFAULT_LOSS = {False: "l1", True: "ms-ssim-l1"}
+"""The release's loss by whether the network takes a timestep: VmambaIR regresses with L1,
+Diff-Mamba's stage 2 with α·(1 − MS-SSIM) + (1 − α)·L1."""
+
+
+def restoration_loss(name: str, alpha: float = STAGE2_ALPHA,
+                     ceiling: float | None = None) -> ImageLoss:
+    """The image loss ``name`` of ``RESTORATION_LOSSES``, configured."""
+    if name not in RESTORATION_LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(RESTORATION_LOSSES)}, got {name!r}")
+    return RESTORATION_LOSSES[name](alpha, ceiling)

@@ -2,8 +2,9 @@
 
 Diff-Mamba: stage 1 teaches the network to estimate the noise at any timestep; stage 2 fine-tunes
 the whole S-step sampler end to end on image quality. Single-pass models (VmambaIR) regress the
-clean image directly with L1, as the VmambaIR/Restormer deraining options do (or with the PSNR
-loss, ``losses.psnr_loss``). All randomness
+clean image directly. Both image-quality objectives take their loss from
+``losses.RESTORATION_LOSSES`` (the release's: L1 for VmambaIR, α·(1 − MS-SSIM) + (1 − α)·L1 for
+Diff-Mamba's stage 2; or the PSNR loss). All randomness
 comes from the ``generator`` passed in (drawn on the CPU, then moved), so a saved generator state
 reproduces a step exactly on any device.
 """
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from service.diffusion import DDIMSchedule, restore
-from service.training.losses import RESTORATION_LOSSES, l1_loss, psnr_loss, stage2_loss
+from service.training.losses import ImageLoss, l1_loss, restoration_loss, stage2_loss
 
 SCHEDULE = DDIMSchedule()
 
@@ -50,20 +51,18 @@ def stage1_loss(
 
 def stage2_loss_fn(
     model: nn.Module, degraded: torch.Tensor, clean: torch.Tensor, generator: torch.Generator,
-    steps: int, alpha: float,
+    steps: int, loss: ImageLoss | None = None,
 ) -> torch.Tensor:
-    """α·(1 − MS-SSIM) + (1 − α)·L1 of the S-step sampler's output, gradients through every step."""
+    """``loss`` (default: the release's α·(1 − MS-SSIM) + (1 − α)·L1) of the S-step sampler's
+    output, gradients through every step."""
     x_T = _randn(clean.shape, generator, clean.device)
     restored = restore(model, degraded, steps=steps, x_T=x_T)
-    return stage2_loss(restored, clean, alpha)
+    return (loss or stage2_loss)(restored, clean)
 
 
 def single_pass_loss(model: nn.Module, degraded: torch.Tensor, clean: torch.Tensor,
-                     loss: str = "l1", psnr_ceiling: float | None = None) -> torch.Tensor:
-    """``loss``(net(y), x0) with images in [0, 1] (``RESTORATION_LOSSES``: L1 as the release,
-    or PSNR, optionally capped at ``psnr_ceiling`` dB per image): the network restores in one
-    pass, nothing is drawn."""
-    restored = model(degraded)
-    if loss == "psnr":
-        return psnr_loss(restored, clean, psnr_ceiling)
-    return RESTORATION_LOSSES[loss](restored, clean)
+                     loss: ImageLoss | str = "l1") -> torch.Tensor:
+    """``loss``(net(y), x0) with images in [0, 1] (a name of ``RESTORATION_LOSSES``, configured
+    with its defaults, or a built loss): the network restores in one pass, nothing is drawn."""
+    fn = restoration_loss(loss) if isinstance(loss, str) else loss
+    return fn(model(degraded), clean)

@@ -149,6 +149,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, opts: RunOptions, model: nn.Module) -> None:
         self.cfg, self.opts = cfg, opts
+        self.image_loss = cfg.build_loss()
         self.device = opts.device
         self.model = model.to(self.device).train()
         for p in self.model.parameters():
@@ -316,13 +317,12 @@ class Trainer:
         self.model.train()
         with autocast(self.opts.precision, self.device):
             if self.cfg.single_pass:
-                loss = single_pass_loss(self.model, degraded, clean, self.cfg.loss,
-                                        self.cfg.psnr_ceiling)
+                loss = single_pass_loss(self.model, degraded, clean, self.image_loss)
             elif self.stage == 1:
                 loss = stage1_loss(self.model, degraded, clean, self.noise)
             else:
                 loss = stage2_loss_fn(self.model, degraded, clean, self.noise, self.cfg.steps,
-                                      self.cfg.alpha)
+                                      self.image_loss)
         loss = loss.float()
         value = float(loss.detach())
         if not math.isfinite(value):
