@@ -184,6 +184,30 @@ def test_every_kernel_family_is_normalised_centred_and_drawn_by_the_mix() -> Non
     assert abs(asymmetric / 200 - KERNEL_MIX["shake"]) < 0.12
 
 
+def test_mild_blur_mix_draws_small_kernels_and_is_a_deblur_variant() -> None:
+    from service.data.degrade import check_variant, degrade
+    from service.data.degrade.blur import MILD_MIX, TRAINING_MIX, BlurMix, random_kernel
+
+    sizes = [random_kernel(np.random.default_rng(i), MILD_MIX).shape[0] for i in range(100)]
+    assert max(sizes) <= 15 and min(sizes) >= 3  # defocus r >= 1 and Gaussians are 3+ px
+    full = [random_kernel(np.random.default_rng(i), TRAINING_MIX).shape[0] for i in range(100)]
+    assert max(full) > 15
+    # the default mix draws exactly what it drew before mixes existed
+    assert np.array_equal(random_kernel(np.random.default_rng(7)),
+                          random_kernel(np.random.default_rng(7), TRAINING_MIX))
+    with pytest.raises(ValueError, match="kernel sizes"):
+        BlurMix(kernel_sizes=(5, 41))
+    with pytest.raises(ValueError, match="summing to 1"):
+        BlurMix(families={"shake": 0.5})
+    clean = _image()
+    mild = degrade("deblur", clean, np.random.default_rng(0), variant="mild")
+    assert mild.shape == clean.shape and not np.array_equal(mild, clean)
+    with pytest.raises(ValueError, match="variants: mild"):
+        check_variant("deblur", "strong")
+    with pytest.raises(ValueError, match="variants: none"):
+        degrade("denoise", clean, np.random.default_rng(0), variant="mild")
+
+
 def test_convolve_impulse_response_and_constant() -> None:
     k = random_motion_kernel(np.random.default_rng(3), size=11)
     delta = np.zeros((31, 33, 3), np.float32)
@@ -601,3 +625,9 @@ def test_cli_build_and_degrade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert args.run(args) == 0
     out = tmp_path / "deg" / f"{src.stem}_derain.png"
     assert Image.open(out).size == Image.open(src).size
+    args = _parse(["data", "degrade", str(src), "--task", "deblur", "--degradation", "mild",
+                   "--output", str(tmp_path / "mild")])
+    assert args.run(args) == 0 and (tmp_path / "mild" / f"{src.stem}_deblur.png").is_file()
+    args = _parse(["data", "degrade", str(src), "--task", "derain", "--degradation", "mild",
+                   "--output", str(tmp_path / "bad")])
+    assert args.run(args) == 2 and "variants: none" in capsys.readouterr().err

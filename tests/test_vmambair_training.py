@@ -209,3 +209,18 @@ def test_psnr_loss_trains_and_is_a_single_pass_option(pool: Path, tmp_path: Path
     assert load_state(state_path(work))["config"]["image_loss"] == "psnr"
     assert _cli(["train", "--workdir", str(tmp_path / "bad"), "--task", "derain", "--clean",
                  str(pool), *TINY_ARGS, "--loss", "ssim", "--no-progress"]) != 0
+
+
+def test_degradation_variant_trains_and_is_recorded(pool: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="variants: none"):
+        _config(pool, degradation="mild")  # derain has no variant
+    work = tmp_path / "run"
+    assert _cli(["train", "--workdir", str(work), "--task", "deblur", "--clean", str(pool),
+                 *TINY_ARGS, "--max-iters", "2", "--batch-schedule", "2", "--patch-schedule",
+                 "16", "--degradation", "mild", "--val-grid", "0", "--no-progress",
+                 "--threads", "1"]) == 0
+    assert load_state(state_path(work))["config"]["degradation"] == "mild"
+    with safe_open(str(work / "stage1.safetensors"), "pt") as f:
+        assert f.metadata()["degradation"] == "mild"
+    assert _cli(["train", "--workdir", str(tmp_path / "bad"), "--task", "deblur", "--clean",
+                 str(pool), *TINY_ARGS, "--degradation", "strong", "--no-progress"]) == 2

@@ -68,6 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=int, default=0, help="degradation seed")
     d.add_argument("--evaluation", action="store_true",
                    help="fixed evaluation parameters (denoise: sigma 25)")
+    d.add_argument("--degradation", metavar="VARIANT",
+                   help="a named training variant of the task's generator (deblur: mild)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,8 +106,14 @@ def _degrade(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from service.data.datasets import load_rgb
-    from service.data.degrade import degrade
+    from service.data.degrade import check_variant, degrade
 
+    try:
+        check_variant(args.task, args.degradation)
+        if args.degradation is not None and args.evaluation:
+            raise ValueError("--degradation is a training generator; leave out --evaluation")
+    except ValueError as exc:
+        return fail(str(exc))
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -118,7 +126,8 @@ def _degrade(args: argparse.Namespace) -> int:
             failures += 1
             continue
         rng = np.random.default_rng([args.seed, i])
-        out = degrade(args.task, clean, rng, evaluation=args.evaluation)
+        out = degrade(args.task, clean, rng, evaluation=args.evaluation,
+                      variant=args.degradation)
         dest = out_dir / f"{src.stem}_{args.task}.png"
         Image.fromarray((out * 255.0).round().astype(np.uint8)).save(dest)
         print(f"{src} -> {dest}")

@@ -65,8 +65,8 @@ RELEASE_SCHEDULES = {  # model -> (patch schedule, batch schedule) when none is 
 PER_STAGE = ("max_iters", "lr", "min_lr", "warmup")
 PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_decay",
          "ema_decay", "ema_warmup", "grad_clip", "image_loss", "psnr_ceiling", "steps", "alpha",
-         "seed", "epoch_size", "clean_share", "val_count", "val_patch", "val_seed", "val_grid",
-         "init", "init_weights")
+         "seed", "epoch_size", "clean_share", "degradation", "val_count", "val_patch", "val_seed",
+         "val_grid", "init", "init_weights")
 MODEL_ARCHS = {"diffmamba": "diffmamba", "vmambair": "vmambair", "vmambair-sr": "mambarealsr11"}
 """``--model`` name -> registered architecture."""
 MODELS = tuple(MODEL_ARCHS)
@@ -127,6 +127,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--clean-share", type=_share,
                    help="fraction of synthetic pairs left clean, input = target; for sr, LR by"
                         " plain bicubic downsampling (default 0.1)")
+    d.add_argument("--degradation", metavar="VARIANT",
+                   help="a named variant of the task's training degradation instead of the "
+                        "default one, e.g. deblur's 'mild' (kernels 7-15 px) to start a "
+                        "curriculum; validation keeps the task's full grid")
     d.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no random flips/rotations")
     d.add_argument("--no-rotate", dest="rotate", action="store_false", default=None,

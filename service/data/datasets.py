@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .degrade import TASKS, degrade
+from .degrade import TASKS, check_variant, degrade
 from .pool import IMAGE_SUFFIXES
 
 # Crops are degraded with this much context around them, then cut to the patch: blur kernels
@@ -162,7 +162,8 @@ class SyntheticPairDataset(_Seeded):
     ``clean_share`` of the items are identity pairs (the clean crop as its own input): a
     network that only ever sees degraded inputs learns to alter everything it is given, and a
     user who sends an already clean photo -- or one whose degradation is far lighter than the
-    training generator's -- gets it back worse.
+    training generator's -- gets it back worse. ``variant``: one of the task's named training
+    degradations (``degrade.VARIANTS``) instead of its default one.
     """
 
     def __init__(
@@ -177,6 +178,7 @@ class SyntheticPairDataset(_Seeded):
         evaluation: bool = False,
         cycle_images: bool = False,
         clean_share: float = 0.0,
+        variant: str | None = None,
     ) -> None:
         super().__init__(patch_size, seed)
         if not 0.0 <= clean_share < 1.0:
@@ -200,6 +202,8 @@ class SyntheticPairDataset(_Seeded):
         self.evaluation = evaluation
         self.cycle_images = cycle_images
         self.clean_share = float(clean_share)
+        check_variant(task, variant)
+        self.variant = variant
 
     def __len__(self) -> int:
         return self.length
@@ -223,7 +227,8 @@ class SyntheticPairDataset(_Seeded):
         if self.clean_share and rng.random() < self.clean_share:
             degraded = clean
         else:
-            degraded = degrade(self.task, clean, rng, evaluation=self.evaluation)
+            degraded = degrade(self.task, clean, rng, evaluation=self.evaluation,
+                               variant=self.variant)
         return _to_tensor(degraded[c : c + p, c : c + p]), _to_tensor(clean[c : c + p, c : c + p])
 
 

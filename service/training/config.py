@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from service.data.degrade import check_variant
 from service.diffusion import MAX_STEPS
 from service.training.losses import (
     DEFAULT_LOSS,
@@ -78,6 +79,7 @@ class TrainConfig:
     seed: int = 0
     epoch_size: int = 10_000
     clean_share: float = 0.1  # identity pairs among the synthetic ones (see SyntheticPairDataset)
+    degradation: str | None = None  # a named variant of the task's generator (degrade.VARIANTS)
     augment: bool = True
     rotate: bool = True
     val_count: int = 4
@@ -135,6 +137,13 @@ class TrainConfig:
                 self.loss_name != "psnr" or not 0 < self.psnr_ceiling <= 100):
             problems.append("a PSNR ceiling applies to --loss psnr and must be in (0, 100] dB, "
                             f"got {self.psnr_ceiling!r} with loss {self.loss_name!r}")
+        if self.degradation is not None:
+            try:
+                if self.clean is None or self.task is None:
+                    raise ValueError("a degradation variant needs synthetic data (clean photos)")
+                check_variant(self.task, self.degradation)
+            except ValueError as exc:
+                problems.append(str(exc))
         if self.init_weights not in ("ema", "params"):
             problems.append("init weights must be 'ema' or 'params'")
         if problems:

@@ -138,7 +138,8 @@ def train_dataset(cfg: TrainConfig,
     assert cfg.clean is not None and cfg.task is not None
     train_dir, _ = _split_dirs(Path(cfg.clean))
     return SyntheticPairDataset(train_dir, cfg.task, patch, cfg.epoch_size, seed,
-                                augment=cfg.augment, clean_share=cfg.clean_share)
+                                augment=cfg.augment, clean_share=cfg.clean_share,
+                                variant=cfg.degradation)
 
 
 def grid_validation_data(cfg: TrainConfig) -> GridValidationSet | None:

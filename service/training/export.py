@@ -126,6 +126,8 @@ def stage_metadata(config: Mapping[str, Any], stage: int, step: int) -> dict[str
     cfg = TrainConfig.from_dict(dict(config))
     # Diff-Mamba's stage 1 estimates noise; the image loss is stage 2's (and a single pass's).
     meta["objective"] = "noise-l1" if stage == 1 and not cfg.single_pass else cfg.loss_name
+    if cfg.degradation is not None:
+        meta["degradation"] = cfg.degradation
     if cfg.psnr_ceiling is not None and meta["objective"] == "psnr":
         meta["psnr_ceiling"] = str(cfg.psnr_ceiling)
     return meta

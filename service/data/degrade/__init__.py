@@ -6,12 +6,13 @@ seed gives the same image (per-sample seeds are what make datasets resumable). T
 parameter-returning primitives (``add_rain``, ``add_noise``, ``motion_blur``) are exported for
 logging and tests; see their modules for the documented ranges.
 
-``degrade(task, clean, rng, evaluation=...)`` is the one entry point. The evaluation variant
-fixes the parameters where benchmarks do (denoising at sigma = 25/255); deraining and
-deblurring have no standard fixed setting, so evaluation draws them from the seeded rng like
-training does (deblurring from camera-shake kernels only, the set's original blur; training
-draws from a wider kernel mix). Outputs are rounded to 8-bit levels by default, because served
-inputs are always 8-bit images.
+``degrade(task, clean, rng, evaluation=..., variant=...)`` is the one entry point. A task may
+have named training variants (``VARIANTS``), e.g. ``deblur``'s ``mild`` blur for a curriculum.
+The evaluation generator fixes the parameters where benchmarks do (denoising at sigma =
+25/255); deraining and deblurring have no standard fixed setting, so evaluation draws them from
+the seeded rng like training does (deblurring from camera-shake kernels only, the set's original
+blur; training draws from a wider kernel mix). Outputs are rounded to 8-bit levels by default,
+because served inputs are always 8-bit images.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .blur import (
+    MILD_MIX,
     BlurParams,
     convolve,
     motion_blur,
@@ -50,6 +52,10 @@ def _deblur(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return motion_blur(clean, rng)[0]
 
 
+def _deblur_mild(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return motion_blur(clean, rng, mix=MILD_MIX)[0]
+
+
 def _deblur_eval(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return motion_blur(clean, rng, sample_shake_params(rng))[0]
 
@@ -62,6 +68,17 @@ DEGRADATIONS: dict[str, Degradation] = {
 EVAL_DEGRADATIONS: dict[str, Degradation] = {**DEGRADATIONS, "denoise": _denoise_eval,
                                               "deblur": _deblur_eval}
 TASKS: tuple[str, ...] = tuple(DEGRADATIONS)
+VARIANTS: dict[str, dict[str, Degradation]] = {
+    "deblur": {"mild": _deblur_mild},
+}
+"""Named alternatives to a task's training degradation (``train --degradation``)."""
+
+
+def check_variant(task: str, variant: str | None) -> None:
+    """Raise ValueError naming the choices unless ``variant`` is None or one of ``task``'s."""
+    if variant is not None and variant not in VARIANTS.get(task, {}):
+        choices = ", ".join(VARIANTS.get(task, {})) or "none"
+        raise ValueError(f"unknown {task} degradation {variant!r} (variants: {choices})")
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -84,12 +101,18 @@ def degrade(
     *,
     evaluation: bool = False,
     quantize: bool = True,
+    variant: str | None = None,
 ) -> np.ndarray:
-    """Degrade ``clean`` for ``task`` ("derain", "denoise", "deblur"); float32 (H, W, 3)."""
+    """Degrade ``clean`` for ``task`` ("derain", "denoise", "deblur"); float32 (H, W, 3).
+    ``variant``: one of the task's ``VARIANTS`` instead of its training degradation."""
     table = EVAL_DEGRADATIONS if evaluation else DEGRADATIONS
     if task not in table:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    out = table[task](check_image(clean), rng)
+    check_variant(task, variant)
+    if variant is not None and evaluation:
+        raise ValueError("a degradation variant is a training generator; evaluation has its own")
+    fn = table[task] if variant is None else VARIANTS[task][variant]
+    out = fn(check_image(clean), rng)
     if quantize:
         out = np.round(out * 255.0) / np.float32(255.0)
     return out.astype(np.float32, copy=False)
@@ -100,6 +123,7 @@ __all__ = [
     "EVAL_DEGRADATIONS",
     "EVAL_SIGMA",
     "TASKS",
+    "VARIANTS",
     "BlurParams",
     "Degradation",
     "NoiseParams",
@@ -109,6 +133,7 @@ __all__ = [
     "add_noise",
     "add_rain",
     "check_image",
+    "check_variant",
     "convolve",
     "degrade",
     "eval_noise_params",

@@ -28,6 +28,10 @@ Ranges (training):
 * additive Gaussian noise with std in [0, 2] / 255 after blurring, as real blurry frames are
   never noise-free.
 
+``MILD_MIX`` draws the same families from the small end of these ranges (kernels 7–15 px, disks of
+radius 1–3, Gaussians of std 0.5–1.5): a curriculum's first stage, where a network can learn what
+blur looks like before it has to undo 31-px shakes.
+
 The blur is uniform (one kernel per image), unlike GoPro's dynamic scenes, but camera shake
 dominates those too. Convolution is done with numpy FFTs on a reflect-padded image (no SciPy
 dependency); the padding keeps borders free of wrap-around.
@@ -35,6 +39,7 @@ dependency); the padding keeps borders free of wrap-around.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +49,32 @@ NOISE_SIGMA_RANGE = (0.0, 2.0 / 255.0)
 DEFOCUS_RADIUS_RANGE = (1.0, 6.0)
 GAUSSIAN_SIGMA_RANGE = (0.5, 3.0)
 KERNEL_MIX = {"shake": 0.45, "linear": 0.30, "defocus": 0.15, "gaussian": 0.10}
+
+
+@dataclass(frozen=True)
+class BlurMix:
+    """Where one training kernel is drawn from: family probabilities and each family's range
+    (sub-ranges of the documented ones)."""
+
+    families: Mapping[str, float] = field(default_factory=lambda: dict(KERNEL_MIX))
+    kernel_sizes: tuple[int, int] = KERNEL_SIZE_RANGE
+    defocus_radii: tuple[float, float] = DEFOCUS_RADIUS_RANGE
+    gaussian_sigmas: tuple[float, float] = GAUSSIAN_SIGMA_RANGE
+
+    def __post_init__(self) -> None:
+        for name, (lo, hi), (min_, max_) in (
+                ("kernel sizes", self.kernel_sizes, KERNEL_SIZE_RANGE),
+                ("defocus radii", self.defocus_radii, DEFOCUS_RADIUS_RANGE),
+                ("Gaussian sigmas", self.gaussian_sigmas, GAUSSIAN_SIGMA_RANGE)):
+            if not min_ <= lo <= hi <= max_:
+                raise ValueError(f"{name} {lo}..{hi} outside [{min_}, {max_}]")
+        if set(self.families) - set(KERNEL_MIX) or abs(sum(self.families.values()) - 1) > 1e-9:
+            raise ValueError(f"families must be among {list(KERNEL_MIX)} with probabilities "
+                             f"summing to 1, got {dict(self.families)}")
+
+
+TRAINING_MIX = BlurMix()
+MILD_MIX = BlurMix(kernel_sizes=(7, 15), defocus_radii=(1.0, 3.0), gaussian_sigmas=(0.5, 1.5))
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,11 +132,12 @@ def _rasterise(points: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray
     return kernel
 
 
-def _kernel_size(rng: np.random.Generator, size: int | None) -> int:
-    """``size`` checked (odd, in ``KERNEL_SIZE_RANGE``), or drawn from that range when None."""
+def _kernel_size(rng: np.random.Generator, size: int | None,
+                 sizes: tuple[int, int] = KERNEL_SIZE_RANGE) -> int:
+    """``size`` checked (odd, in ``KERNEL_SIZE_RANGE``), or drawn from ``sizes`` when None."""
     lo, hi = KERNEL_SIZE_RANGE
     if size is None:
-        size = 2 * int(rng.integers(lo // 2, hi // 2 + 1)) + 1
+        size = 2 * int(rng.integers(sizes[0] // 2, sizes[1] // 2 + 1)) + 1
     if size % 2 == 0 or not lo <= size <= hi:
         raise ValueError(f"kernel size must be odd and in [{lo}, {hi}], got {size}")
     return size
@@ -160,22 +192,22 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     return (kernel / kernel.sum()).astype(np.float32)
 
 
-def random_kernel(rng: np.random.Generator) -> np.ndarray:
-    """A kernel from ``KERNEL_MIX``: shake, linear motion, defocus or Gaussian."""
-    names = list(KERNEL_MIX)
-    family = names[int(rng.choice(len(names), p=np.array(list(KERNEL_MIX.values()))))]
+def random_kernel(rng: np.random.Generator, mix: BlurMix = TRAINING_MIX) -> np.ndarray:
+    """A kernel of ``mix``: shake, linear motion, defocus or Gaussian."""
+    names = list(mix.families)
+    family = names[int(rng.choice(len(names), p=np.array(list(mix.families.values()))))]
     if family == "shake":
-        return random_motion_kernel(rng)
+        return random_motion_kernel(rng, _kernel_size(rng, None, mix.kernel_sizes))
     if family == "linear":
-        return linear_motion_kernel(rng)
+        return linear_motion_kernel(rng, _kernel_size(rng, None, mix.kernel_sizes))
     if family == "defocus":
-        return defocus_kernel(float(rng.uniform(*DEFOCUS_RADIUS_RANGE)))
-    return gaussian_kernel(float(rng.uniform(*GAUSSIAN_SIGMA_RANGE)))
+        return defocus_kernel(float(rng.uniform(*mix.defocus_radii)))
+    return gaussian_kernel(float(rng.uniform(*mix.gaussian_sigmas)))
 
 
-def sample_blur_params(rng: np.random.Generator) -> BlurParams:
-    """Draw a kernel of the mix and a noise level from the documented training ranges."""
-    kernel = random_kernel(rng)
+def sample_blur_params(rng: np.random.Generator, mix: BlurMix = TRAINING_MIX) -> BlurParams:
+    """Draw a kernel of ``mix`` and a noise level from the documented training ranges."""
+    kernel = random_kernel(rng, mix)
     return BlurParams(kernel=kernel, noise_sigma=float(rng.uniform(*NOISE_SIGMA_RANGE)))
 
 
@@ -212,11 +244,13 @@ def convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 def motion_blur(
-    clean: np.ndarray, rng: np.random.Generator, params: BlurParams | None = None
+    clean: np.ndarray, rng: np.random.Generator, params: BlurParams | None = None,
+    mix: BlurMix = TRAINING_MIX,
 ) -> tuple[np.ndarray, BlurParams]:
-    """Return ``(blurred, params)``: blur with a random kernel of the mix, then slight noise."""
+    """Return ``(blurred, params)``: blur with a random kernel of ``mix`` (or ``params``'s),
+    then slight noise."""
     if params is None:
-        params = sample_blur_params(rng)
+        params = sample_blur_params(rng, mix)
     out = convolve(clean, params.kernel)
     if params.noise_sigma > 0:
         noise = rng.standard_normal(out.shape, dtype=np.float32)
