@@ -59,13 +59,18 @@ def test_models_dir_is_discoverable_with_cards() -> None:
         assert entry.card.get("default_steps", 4) >= 1
 
 
+def _restored(name: str, images: torch.Tensor) -> torch.Tensor:
+    """The shipped checkpoint ``name`` on ``images``: 4 steps, seed 0, as the cards measure."""
+    loaded = load_checkpoint(SHIPPED[name])
+    with torch.inference_mode():
+        return restore(loaded.model, images, steps=4, seed=0).clamp(0, 1)
+
+
 @pytest.mark.parametrize("name", list(SHIPPED))
 def test_shipped_checkpoint_improves_psnr(name: str) -> None:
     pytest.importorskip("skimage")
-    loaded = load_checkpoint(SHIPPED[name])
     model_input, shown, clean = _sample(name)
-    with torch.inference_mode():
-        out = restore(loaded.model, model_input, steps=4, seed=0).clamp(0, 1)
+    out = _restored(name, model_input)
     gain = _psnr(out, clean) - _psnr(shown, clean)
     print(f"{name}: {gain:+.2f} dB over the input")
     assert gain > MIN_GAIN[name]
@@ -74,10 +79,7 @@ def test_shipped_checkpoint_improves_psnr(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(set(SHIPPED) & set(MIN_IDENTITY)))
 def test_shipped_checkpoint_leaves_a_clean_photo_alone(name: str) -> None:
     pytest.importorskip("skimage")
-    loaded = load_checkpoint(SHIPPED[name])
     _, _, clean = _sample(name)
-    with torch.inference_mode():
-        out = restore(loaded.model, clean, steps=4, seed=0).clamp(0, 1)
-    value = _psnr(out, clean)
+    value = _psnr(_restored(name, clean), clean)
     print(f"{name}: a clean photo comes back at {value:.2f} dB")
     assert value >= MIN_IDENTITY[name]
