@@ -45,8 +45,8 @@ class TrainConfig:
     """One training plan. Per-stage values are (stage 1, stage 2) pairs.
 
     ``arch`` names the network (service.models.registry). Single-pass models (VmambaIR) have
-    one objective, L1 regression of the clean image, run as stage 1; stage 2 (the sampler) and
-    the sampler options do not apply to them.
+    one objective, regression of the clean image (``loss_name``), run as stage 1; stage 2 (the
+    sampler) and the sampler options do not apply to them.
     """
 
     model: dict[str, Any]
