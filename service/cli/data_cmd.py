@@ -109,9 +109,7 @@ def _degrade(args: argparse.Namespace) -> int:
     from service.data.degrade import check_variant, degrade
 
     try:
-        check_variant(args.task, args.degradation)
-        if args.degradation is not None and args.evaluation:
-            raise ValueError("--degradation is a training generator; leave out --evaluation")
+        check_variant(args.task, args.degradation, args.evaluation)
     except ValueError as exc:
         return fail(str(exc))
     out_dir = Path(args.output)

@@ -74,11 +74,14 @@ VARIANTS: dict[str, dict[str, Degradation]] = {
 """Named alternatives to a task's training degradation (``train --degradation``)."""
 
 
-def check_variant(task: str, variant: str | None) -> None:
-    """Raise ValueError naming the choices unless ``variant`` is None or one of ``task``'s."""
+def check_variant(task: str, variant: str | None, evaluation: bool = False) -> None:
+    """Raise ValueError naming the choices unless ``variant`` is None or one of ``task``'s
+    (training only: evaluation has its own generator)."""
     if variant is not None and variant not in VARIANTS.get(task, {}):
         choices = ", ".join(VARIANTS.get(task, {})) or "none"
         raise ValueError(f"unknown {task} degradation {variant!r} (variants: {choices})")
+    if variant is not None and evaluation:
+        raise ValueError("a degradation variant is a training generator; evaluation has its own")
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -108,9 +111,7 @@ def degrade(
     table = EVAL_DEGRADATIONS if evaluation else DEGRADATIONS
     if task not in table:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    check_variant(task, variant)
-    if variant is not None and evaluation:
-        raise ValueError("a degradation variant is a training generator; evaluation has its own")
+    check_variant(task, variant, evaluation)
     fn = table[task] if variant is None else VARIANTS[task][variant]
     out = fn(check_image(clean), rng)
     if quantize:
