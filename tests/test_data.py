@@ -19,8 +19,11 @@ from service.cli import data_cmd
 from service.data import pool as pool_mod
 from service.data import wheels
 from service.data.datasets import (
+    DETAIL_TRIES,
     PairedFolderDataset,
     SyntheticPairDataset,
+    crop_detail,
+    detailed_crop,
     fixed_validation_set,
 )
 from service.data.degrade import (
@@ -373,6 +376,62 @@ def test_clean_share_gives_identity_pairs(clean_dir: Path) -> None:
     assert sum(torch.equal(*plain[i]) for i in range(50)) == 0
     with pytest.raises(ValueError, match="clean_share"):
         SyntheticPairDataset(clean_dir, "derain", patch_size=16, length=5, clean_share=1.0)
+
+
+def test_crop_detail_measures_texture() -> None:
+    flat = np.full((16, 16, 3), 128, np.uint8)
+    checker = ((np.indices((16, 16)).sum(0) % 2) * 255).astype(np.uint8)[..., None].repeat(3, 2)
+    assert crop_detail(flat) == 0.0
+    assert crop_detail(checker) == pytest.approx(1.0)
+    assert crop_detail(checker.astype(np.float32) / 255) == pytest.approx(1.0)
+    assert crop_detail(np.zeros((1, 1, 3), np.uint8)) == 0.0
+
+
+def test_detailed_crop_redraws_flat_crops() -> None:
+    flat, busy = np.zeros((8, 8, 3), np.float32), np.indices((8, 8)).sum(0)[..., None] % 2 * 0.1
+    busy = busy.repeat(3, 2).astype(np.float32)
+    draws: list[np.ndarray] = []
+
+    def draw_from(seq: list[np.ndarray]):
+        it = iter(seq)
+
+        def draw() -> np.ndarray:
+            draws.append(next(it))
+            return draws[-1]
+        return draw
+
+    assert detailed_crop(draw_from([flat, busy]), 0.0) is flat and len(draws) == 1
+    draws.clear()
+    assert detailed_crop(draw_from([flat, flat, busy, flat]), 0.05) is busy and len(draws) == 3
+    draws.clear()  # nothing reaches the floor: the busiest of DETAIL_TRIES draws
+    half = busy * 0.5
+    out = detailed_crop(draw_from([flat, half] + [flat] * (DETAIL_TRIES - 2)), 0.5)
+    assert out is half and len(draws) == DETAIL_TRIES
+    draws.clear()  # the border is not judged: detail only at the edge does not count
+    framed = flat.copy()
+    framed[0] = 1.0
+    assert detailed_crop(draw_from([framed, busy]), 0.05, border=1) is busy
+
+
+@pytest.fixture
+def half_flat_dir(tmp_path: Path) -> Path:
+    """One photo whose left half is flat grey and right half noise."""
+    img = np.full((96, 192, 3), 120, np.uint8)
+    img[:, 96:] = np.random.default_rng(0).integers(40, 200, (96, 96, 3), dtype=np.uint8)
+    _write_png(tmp_path / "half" / "img.png", img)
+    return tmp_path / "half"
+
+
+def test_min_detail_keeps_training_crops_off_flat_content(half_flat_dir: Path) -> None:
+    def flat_share(**kw: float) -> float:
+        ds = SyntheticPairDataset(half_flat_dir, "denoise", patch_size=16, length=40, seed=2,
+                                  augment=False, **kw)
+        return np.mean([crop_detail(ds[i][1].permute(1, 2, 0).numpy()) < 0.02 for i in range(40)])
+
+    assert flat_share() > 0.2
+    assert flat_share(min_detail=0.02) < 0.05
+    with pytest.raises(ValueError, match="min_detail"):
+        SyntheticPairDataset(half_flat_dir, "denoise", 16, 4, min_detail=1.0)
 
 
 def test_fixed_validation_set_is_repeatable(clean_dir: Path) -> None:

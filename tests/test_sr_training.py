@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from training_helpers import make_pool, smooth_image, train_cli
 
+from service.data.datasets import crop_detail
 from service.data.degrade.second_order import bicubic_down, second_order
 from service.data.sr_pairs import SRPairDataset
 from service.models import load_checkpoint
@@ -62,6 +64,22 @@ def test_pairs_are_lr_hr_crops_and_deterministic(pool: Path) -> None:
     assert not torch.equal(ds[2][1], hr)
     with pytest.raises(ValueError, match="multiple of 4"):
         ds.set_patch_size(18)
+
+
+def test_min_detail_redraws_flat_hr_crops(tmp_path: Path) -> None:
+    img = np.full((64, 128, 3), 120, np.uint8)  # left half flat, right half noise
+    img[:, 64:] = np.random.default_rng(0).integers(40, 200, (64, 64, 3), dtype=np.uint8)
+    (tmp_path / "half").mkdir()
+    Image.fromarray(img).save(tmp_path / "half" / "img.png")
+
+    def flat(**kw: float) -> int:
+        ds = SRPairDataset(tmp_path / "half", 16, 30, seed=4, augment=False, **kw)
+        return sum(crop_detail(ds[i][1].permute(1, 2, 0).numpy()) < 0.02 for i in range(30))
+
+    assert flat() >= 6
+    assert flat(min_detail=0.02) <= 1
+    with pytest.raises(ValueError, match="min_detail"):
+        SRPairDataset(tmp_path / "half", 16, 4, min_detail=-0.1)
 
 
 def _is_bicubic(lr: torch.Tensor, hr: torch.Tensor) -> bool:

@@ -362,6 +362,7 @@ def test_cli_trains_validates_and_exports(pool: Path, tmp_path: Path) -> None:
         (["--clean", "POOL", "--task", "derain", "--stage", "2"], "--init"),
         (["--resume"], "no state.pt"),
         (["--clean", "POOL", "--pairs", "POOL", "--task", "derain"], "not both"),
+        (["--pairs", "POOL", "--min-detail", "0.01"], "not to real pairs"),
     ],
 )
 def test_cli_rejects_bad_arguments(
@@ -376,7 +377,8 @@ def test_cli_rejects_bad_arguments(
 
 @pytest.mark.parametrize(
     "argv",
-    [["--blocks", "1,1,1"], ["--patch-schedule", "64:10"], ["--dim", "0"], ["--task", "dehaze"]],
+    [["--blocks", "1,1,1"], ["--patch-schedule", "64:10"], ["--dim", "0"], ["--task", "dehaze"],
+     ["--min-detail", "1"], ["--min-detail", "x"]],
 )
 def test_cli_argparse_errors_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str]
@@ -392,7 +394,8 @@ def test_resume_refuses_changes_that_break_continuity(
 ) -> None:
     Trainer.create(_config(pool), _opts(tmp_path, session_iters=1)).run()  # stage 1 started
     for argv, what in ((["--dim", "16"], "model"), (["--lr", "5e-4"], "lr of stage 1"),
-                       (["--patch-schedule", "24"], "patch_schedule")):
+                       (["--patch-schedule", "24"], "patch_schedule"),
+                       (["--min-detail", "0.01"], "min_detail")):
         code = _cli(["train", "--workdir", str(tmp_path), "--resume", "--no-progress", *argv])
         assert code == 2
         err = capsys.readouterr().err

@@ -65,8 +65,8 @@ RELEASE_SCHEDULES = {  # model -> (patch schedule, batch schedule) when none is 
 PER_STAGE = ("max_iters", "lr", "min_lr", "warmup")
 PLAIN = ("task", "clean", "val_clean", "pairs", "val_pairs", "stage", "weight_decay",
          "ema_decay", "ema_warmup", "grad_clip", "image_loss", "psnr_ceiling", "steps", "alpha",
-         "seed", "epoch_size", "clean_share", "degradation", "val_count", "val_patch", "val_seed",
-         "val_grid", "init", "init_weights")
+         "seed", "epoch_size", "clean_share", "min_detail", "degradation", "val_count",
+         "val_patch", "val_seed", "val_grid", "init", "init_weights")
 MODEL_ARCHS = {"diffmamba": "diffmamba", "vmambair": "vmambair", "vmambair-sr": "mambarealsr11"}
 """``--model`` name -> registered architecture."""
 MODELS = tuple(MODEL_ARCHS)
@@ -76,14 +76,14 @@ SR_TASK = "sr"
 
 
 
-def _share(value: str) -> float:
+def _unit_interval(value: str) -> float:
     try:
-        share = float(value)
+        number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0 <= share < 1:
+    if not 0 <= number < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return share
+    return number
 
 
 def _blocks(value: str) -> list[int]:
@@ -124,9 +124,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--val-pairs", help="held-out real pairs, same layout")
     d.add_argument("--epoch-size", type=positive_int,
                    help="synthetic samples per epoch (default 10000)")
-    d.add_argument("--clean-share", type=_share,
+    d.add_argument("--clean-share", type=_unit_interval,
                    help="fraction of synthetic pairs left clean, input = target; for sr, LR by"
                         " plain bicubic downsampling (default 0.1)")
+    d.add_argument("--min-detail", type=_unit_interval, metavar="D",
+                   help="redraw training crops flatter than D: the mean absolute step between "
+                        "neighbouring pixels' luma, 0..1 (up to 8 draws, then the busiest "
+                        "one); e.g. 0.01 to train on texture rather than sky (default 0: off)")
     d.add_argument("--degradation", metavar="VARIANT",
                    help="a named variant of the task's training degradation instead of the "
                         "default one, e.g. deblur's 'mild' (kernels 7-15 px) to start a "

@@ -17,6 +17,7 @@ All return ``(degraded, clean)`` float32 tensors (3, p, p) in [0, 1]. Randomness
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,47 @@ from .pool import IMAGE_SUFFIXES
 # (radius <= 15 px) and rain streaks (half-length <= 20 px) at the patch border then come
 # from real neighbouring content, not from padding or wrap-around.
 CONTEXT = 24
+
+# A crop is redrawn at most this many times in search of one above the detail floor; then the
+# most detailed draw is kept, so a pool of flat images still trains (on its busiest crops).
+DETAIL_TRIES = 8
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def crop_detail(image: np.ndarray) -> float:
+    """Mean absolute step between neighbouring pixels' luma (Rec. 601), in [0, 1] units.
+
+    A cheap measure of how much a crop can teach: a blur, a missing detail or a texture
+    smeared by a denoiser changes nothing on a flat crop (sky, wall, gradient), so such crops
+    give a deblurring or texture-preserving objective almost no gradient. ``image``: (H, W, 3)
+    uint8 or float in [0, 1].
+    """
+    y = image.astype(np.float32) @ _LUMA
+    if image.dtype == np.uint8:
+        y /= np.float32(255.0)
+    steps = [np.abs(np.diff(y, axis=a)).mean() for a in (0, 1) if y.shape[a] > 1]
+    return float(np.mean(steps)) if steps else 0.0
+
+
+def detailed_crop(draw: Callable[[], np.ndarray], floor: float, border: int = 0) -> np.ndarray:
+    """``draw()`` until a crop's centre (``border`` px cut off each side) has
+    ``crop_detail >= floor``; at most ``DETAIL_TRIES`` draws, else the most detailed one.
+
+    ``floor`` 0 draws exactly once, so sets without a floor keep their random stream.
+    """
+    best, best_detail = None, -1.0
+    for _ in range(DETAIL_TRIES if floor > 0 else 1):
+        crop = draw()
+        if floor <= 0:
+            return crop
+        h, w = crop.shape[:2]
+        detail = crop_detail(crop[border : h - border, border : w - border])
+        if detail >= floor:
+            return crop
+        if detail > best_detail:
+            best, best_detail = crop, detail
+    assert best is not None
+    return best
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -179,10 +221,13 @@ class SyntheticPairDataset(_Seeded):
         cycle_images: bool = False,
         clean_share: float = 0.0,
         variant: str | None = None,
+        min_detail: float = 0.0,
     ) -> None:
         super().__init__(patch_size, seed)
         if not 0.0 <= clean_share < 1.0:
             raise ValueError(f"clean_share must be in [0, 1), got {clean_share}")
+        if not 0.0 <= min_detail < 1.0:
+            raise ValueError(f"min_detail must be in [0, 1), got {min_detail}")
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         if length < 1:
@@ -202,6 +247,7 @@ class SyntheticPairDataset(_Seeded):
         self.evaluation = evaluation
         self.cycle_images = cycle_images
         self.clean_share = float(clean_share)
+        self.min_detail = float(min_detail)
         check_variant(task, variant)
         self.variant = variant
 
@@ -212,15 +258,20 @@ class SyntheticPairDataset(_Seeded):
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = self.rng(index)
-        if self.cycle_images:
-            image = self.images[index % len(self.images)]
-        else:
-            image = self.images[int(rng.choice(len(self.images), p=self.weights))]
         p, c = self.patch_size, CONTEXT
-        src = _pad_to(image, p + 2 * c)
-        h, w = src.shape[:2]
-        top, left = int(rng.integers(0, h - p - 2 * c + 1)), int(rng.integers(0, w - p - 2 * c + 1))
-        crop = src[top : top + p + 2 * c, left : left + p + 2 * c]
+
+        def draw() -> np.ndarray:
+            if self.cycle_images:
+                image = self.images[index % len(self.images)]
+            else:
+                image = self.images[int(rng.choice(len(self.images), p=self.weights))]
+            src = _pad_to(image, p + 2 * c)
+            h, w = src.shape[:2]
+            top = int(rng.integers(0, h - p - 2 * c + 1))
+            left = int(rng.integers(0, w - p - 2 * c + 1))
+            return src[top : top + p + 2 * c, left : left + p + 2 * c]
+
+        crop = detailed_crop(draw, self.min_detail, border=c)
         if self.augment:
             crop = _dihedral(crop, int(rng.integers(0, 8)))
         clean = crop.astype(np.float32) / np.float32(255.0)

@@ -7,6 +7,7 @@ bicubic). A ``clean_share`` of the pairs get the plain bicubic LR instead, the S
 the restoration sets' identity pairs: a network that only ever saw degraded LR learns to smooth
 away detail that a clean photo's LR still carries. Crops are taken from images scaled by a
 random factor in [0.5, 1] first, so the network sees textures at more than one size.
+``min_detail`` redraws HR crops flatter than it, as in ``SyntheticPairDataset``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from service.data.datasets import list_images, load_rgb
+from service.data.datasets import detailed_crop, list_images, load_rgb
 from service.data.degrade.second_order import LR_GENERATORS, SCALE, resize
 
 
@@ -30,9 +31,12 @@ class SRPairDataset(Dataset):
 
     def __init__(self, clean_dir: str | Path, patch_size: int, length: int, seed: int = 0, *,
                  scale: int = SCALE, degradation: str = "second-order",
-                 augment: bool = True, clean_share: float = 0.0) -> None:
+                 augment: bool = True, clean_share: float = 0.0,
+                 min_detail: float = 0.0) -> None:
         if not 0 <= clean_share < 1:
             raise ValueError(f"clean_share must be in [0, 1), got {clean_share}")
+        if not 0 <= min_detail < 1:
+            raise ValueError(f"min_detail must be in [0, 1), got {min_detail}")
         if degradation not in LR_GENERATORS:
             raise ValueError(f"unknown degradation {degradation!r}; "
                              f"expected one of {', '.join(LR_GENERATORS)}")
@@ -47,6 +51,7 @@ class SRPairDataset(Dataset):
         self.scale, self.length, self.seed = int(scale), int(length), int(seed)
         self.degradation, self.augment = degradation, augment
         self.clean_share = float(clean_share)
+        self.min_detail = float(min_detail)
         self.epoch = 0
         self.set_patch_size(patch_size)
 
@@ -66,15 +71,19 @@ class SRPairDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        image = self.images[int(rng.integers(len(self.images)))].astype(np.float32) / 255
         p = self.patch_size
-        h, w = image.shape[:2]
-        factor = rng.uniform(0.5, 1.0)
-        sh, sw = max(p, round(h * factor)), max(p, round(w * factor))
-        if (sh, sw) != (h, w):
-            image = resize(image, sh, sw)
-        top, left = int(rng.integers(0, sh - p + 1)), int(rng.integers(0, sw - p + 1))
-        hr = image[top : top + p, left : left + p]
+
+        def draw() -> np.ndarray:
+            image = self.images[int(rng.integers(len(self.images)))].astype(np.float32) / 255
+            h, w = image.shape[:2]
+            factor = rng.uniform(0.5, 1.0)
+            sh, sw = max(p, round(h * factor)), max(p, round(w * factor))
+            if (sh, sw) != (h, w):
+                image = resize(image, sh, sw)
+            top, left = int(rng.integers(0, sh - p + 1)), int(rng.integers(0, sw - p + 1))
+            return image[top : top + p, left : left + p]
+
+        hr = detailed_crop(draw, self.min_detail)
         if self.augment:
             k = int(rng.integers(0, 8))
             hr = np.rot90(hr[:, ::-1] if k & 4 else hr, k & 3, axes=(0, 1))

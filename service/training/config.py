@@ -79,6 +79,8 @@ class TrainConfig:
     seed: int = 0
     epoch_size: int = 10_000
     clean_share: float = 0.1  # identity pairs among the synthetic ones (see SyntheticPairDataset)
+    # crops flatter than this are redrawn (service.data.datasets.detailed_crop); 0 = off
+    min_detail: float = 0.0
     degradation: str | None = None  # a named variant of the task's generator (degrade.VARIANTS)
     augment: bool = True
     rotate: bool = True
@@ -121,6 +123,10 @@ class TrainConfig:
             problems.append(f"EMA warm-up must be >= 0, got {self.ema_warmup}")
         if not 0 <= self.clean_share < 1:
             problems.append(f"clean share must be in [0, 1), got {self.clean_share}")
+        if not 0 <= self.min_detail < 1:
+            problems.append(f"min detail must be in [0, 1), got {self.min_detail}")
+        if self.min_detail and self.pairs is not None:
+            problems.append("min detail applies to crops of clean photos, not to real pairs")
         if self.epoch_size < 1 or self.val_count < 0 or self.val_patch < 1 or self.val_grid < 0:
             problems.append("epoch size and validation patch must be positive, validation counts"
                             " at least 0")

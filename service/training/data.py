@@ -131,7 +131,7 @@ def train_dataset(cfg: TrainConfig,
         assert cfg.clean is not None
         return SRPairDataset(_split_dirs(Path(cfg.clean))[0], patch, cfg.epoch_size, seed,
                              scale=_scale(cfg), augment=cfg.augment,
-                             clean_share=cfg.clean_share)
+                             clean_share=cfg.clean_share, min_detail=cfg.min_detail)
     if cfg.pairs is not None:
         return PairedFolderDataset(cfg.pairs, patch, augment=cfg.augment, seed=seed,
                                    rotate=cfg.rotate)
@@ -139,7 +139,7 @@ def train_dataset(cfg: TrainConfig,
     train_dir, _ = _split_dirs(Path(cfg.clean))
     return SyntheticPairDataset(train_dir, cfg.task, patch, cfg.epoch_size, seed,
                                 augment=cfg.augment, clean_share=cfg.clean_share,
-                                variant=cfg.degradation)
+                                variant=cfg.degradation, min_detail=cfg.min_detail)
 
 
 def grid_validation_data(cfg: TrainConfig) -> GridValidationSet | None:
