@@ -16,8 +16,8 @@ from PIL import Image
 from training_helpers import make_pool, smooth_image, train_cli
 
 from service.data.datasets import crop_detail
-from service.data.degrade.second_order import bicubic_down, second_order
-from service.data.sr_pairs import SRPairDataset
+from service.data.degrade.second_order import bicubic_down, resize, second_order
+from service.data.sr_pairs import SRPairDataset, scaled_crop
 from service.models import load_checkpoint
 from service.nn.vmambair_sr import MambaRealSR11Config, VmambaSR
 from service.training import single_pass_loss
@@ -64,6 +64,24 @@ def test_pairs_are_lr_hr_crops_and_deterministic(pool: Path) -> None:
     assert not torch.equal(ds[2][1], hr)
     with pytest.raises(ValueError, match="multiple of 4"):
         ds.set_patch_size(18)
+
+
+def test_scaled_crop_equals_resizing_the_whole_photo_then_cropping() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(40, 160, 2))
+        photo = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        p = 4 * int(rng.integers(1, min(h, w) // 4 + 1))
+        factor = rng.uniform(0.5, 1.0)
+        sh, sw = max(p, round(h * factor)), max(p, round(w * factor))
+        # corners and edges included: the filter is clamped there in both computations
+        top = int(rng.choice([0, sh - p, int(rng.integers(0, sh - p + 1))]))
+        left = int(rng.choice([0, sw - p, int(rng.integers(0, sw - p + 1))]))
+        whole = resize(photo.astype(np.float32) / 255, sh, sw) if (sh, sw) != (h, w) \
+            else photo.astype(np.float32) / 255
+        got = scaled_crop(photo, (sh, sw), (top, left), p)
+        assert got.shape == (p, p, 3) and got.dtype == np.float32
+        np.testing.assert_allclose(got, whole[top : top + p, left : left + p], atol=1e-4)
 
 
 def test_min_detail_redraws_flat_hr_crops(tmp_path: Path) -> None:

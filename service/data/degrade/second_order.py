@@ -41,11 +41,16 @@ SECOND = Order(blur_sigma=(0.2, 1.5), resize=(0.3, 1.2), noise_sigma=(1.0, 25.0)
 
 
 def resize(image: np.ndarray, height: int, width: int,
-           resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
-    """Float (H, W, 3) in [0, 1] resized per channel in float (no 8-bit rounding)."""
+           resample: Image.Resampling = Image.Resampling.BICUBIC,
+           box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """Float (H, W, 3) in [0, 1] resized per channel in float (no 8-bit rounding).
+
+    ``box`` (left, top, right, bottom in source pixels, as PIL's) resizes only that region, at
+    the scale it has in the whole resize: a crop of a rescaled photo without rescaling all of it.
+    """
     planes = [
         np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F")
-                   .resize((width, height), resample), dtype=np.float32)
+                   .resize((width, height), resample, box=box), dtype=np.float32)
         for c in range(image.shape[2])
     ]
     return np.clip(np.stack(planes, axis=2), 0.0, 1.0)
