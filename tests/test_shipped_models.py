@@ -15,7 +15,7 @@ from service.runtime import discover_tasks
 MODELS = Path(__file__).resolve().parents[1] / "models"
 SHIPPED = {p.stem: p for p in sorted(MODELS.glob("*.safetensors"))}
 # The least a default must gain over its degraded input on the sample below (dB): modest, as
-# the CPU-trained defaults are below the targets (their cards give the full numbers).
+# several CPU-trained defaults are below their targets (their cards give the full numbers).
 MIN_GAIN = {"denoise": 4.0, "denoise-diffmamba": 5.5, "derain": 0.5, "derain-diffmamba": 1.5,
             "deblur": 0.0, "deblur-diffmamba": 0.0, "sr": 0.5}
 # The least PSNR (dB) a clean photo keeps through a default: the 33 dB target where a card says

@@ -32,7 +32,7 @@ def scaled_crop(photo: np.ndarray, scaled: tuple[int, int], corner: tuple[int, i
 
     Only the source region under the crop (plus the filter's reach) is converted and resized:
     the same pixels as resizing the whole photo and cropping, at a fraction of the cost — the
-    crop is redrawn up to ``DETAIL_TRIES`` times per item when a detail floor is set.
+    crop is redrawn up to ``datasets.DETAIL_TRIES`` times per item under a detail floor.
     """
     (h, w), (sh, sw), (top, left) = photo.shape[:2], scaled, corner
     if (sh, sw) == (h, w):
