@@ -83,3 +83,20 @@ def test_export_takes_the_whole_image_form(tmp_path) -> None:  # type: ignore[no
         ffn_module.STRIP_BYTES = original
     convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
     assert len(convs) == 3
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gate_on_a_channels_last_hidden_tensor_is_the_same_function(precision: str) -> None:
+    """The gate copies a channels-last half before GELU (a strided view is slow on the CPU);
+    the numbers are those of the plain NCHW gate."""
+    torch.manual_seed(0)
+    block = GatedDConvFeedForward(8, expansion=2.66, bias=True)
+    hidden = torch.randn(2, 2 * 21, 11, 13)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                         enabled=precision == "bf16"):
+        want = block.gate_out(hidden.to(dtype))
+        got = block.gate_out(hidden.to(dtype).contiguous(memory_format=torch.channels_last))
+    assert got.dtype == want.dtype
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), rtol=tolerance, atol=tolerance)

@@ -60,6 +60,11 @@ class GatedDConvFeedForward(nn.Module):
 
     def gate_out(self, hidden: torch.Tensor) -> torch.Tensor:
         x1, x2 = hidden.chunk(2, dim=1)
+        if _in_strips(hidden) and hidden.is_contiguous(memory_format=torch.channels_last):
+            # A channel half of a channels-last tensor is a strided view, on which the CPU's
+            # GELU falls back to a scalar loop (erf per element); a dense copy of that half
+            # costs far less than the difference (bench/bf16_split.py, "GELU gate").
+            x1 = x1.contiguous(memory_format=torch.channels_last)
         return self.project_out(F.gelu(x1) * x2)
 
     def forward_strips(self, x: torch.Tensor, rows: int) -> torch.Tensor:
