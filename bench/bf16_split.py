@@ -12,8 +12,12 @@ the pass gains 1 / (s + (1 − s) / k). This prints both factors for a real chec
 
 Ops: the shapes of a first-level block of the published model (batch 4, 128², channels-last):
 a 96 → 255 pointwise convolution, a 255-channel depthwise 3×3, a 96 → 384 linear over 65,536
-rows, and GELU · gate on the FFN's hidden activations. On a CPU without native bf16
+rows, and GELU · gate on the FFN's hidden activations (a channel half of a channels-last tensor,
+as the FFN had it before its gate copied that half densely). On a CPU without native bf16
 (``amx_bf16`` / ``avx512_bf16``) the bf16 column is oneDNN's emulation.
+
+FFN: the whole gated feed-forward block at the default's shapes, with the dense-copy gate it
+uses against the plain strided one, in fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -79,6 +83,42 @@ def op_rows(repeat: int) -> list[dict[str, Any]]:
                     times["bf16"].append(median_ms(fn, 1))
             fp32, low = statistics.median(times["fp32"]), statistics.median(times["bf16"])
             out.append({"op": name, "fp32_ms": fp32, "bf16_ms": low, "speedup": fp32 / low})
+    return out
+
+
+def ffn_rows(repeat: int) -> list[dict[str, Any]]:
+    """FFN block ms with the shipped gate (dense copy of the GELU half) and the strided one."""
+    from service.nn.ffn import GatedDConvFeedForward
+
+    dense = GatedDConvFeedForward.gate_out
+
+    def strided(self: GatedDConvFeedForward, hidden: torch.Tensor) -> torch.Tensor:
+        x1, x2 = hidden.chunk(2, dim=1)
+        return self.project_out(F.gelu(x1) * x2)
+
+    gates = {"strided": strided, "dense": dense}
+    out = []
+    cl = torch.channels_last
+    try:
+        for channels, side in ((16, 256), (32, 128), (48, 128), (96, 64)):
+            torch.manual_seed(0)
+            block = GatedDConvFeedForward(channels, 2.66, bias=False).to(memory_format=cl)
+            x = torch.randn(1, channels, side, side).to(memory_format=cl)
+            times: dict[str, list[float]] = {}
+            with torch.inference_mode():
+                for _ in range(repeat):
+                    for precision in ("fp32", "bf16"):
+                        for name, gate in gates.items():
+                            GatedDConvFeedForward.gate_out = gate  # type: ignore[method-assign]
+                            with torch.autocast("cpu", dtype=torch.bfloat16,
+                                                enabled=precision == "bf16"):
+                                times.setdefault(f"{precision}_{name}", []).append(
+                                    median_ms(lambda b=block, x=x: b(x), 1))
+            row: dict[str, Any] = {"shape": [1, channels, side, side]}
+            row.update({k: statistics.median(v) for k, v in times.items()})
+            out.append(row)
+    finally:
+        GatedDConvFeedForward.gate_out = dense  # type: ignore[method-assign]
     return out
 
 
@@ -164,6 +204,12 @@ def main() -> None:
         print("| op | fp32 (ms) | bf16 (ms) | speed-up |\n|---|---:|---:|---:|")
         for r in result["ops"]:
             print(f"| {r['op']} | {r['fp32_ms']:.1f} | {r['bf16_ms']:.1f} | {r['speedup']:.2f}× |")
+        result["ffn"] = ffn_rows(args.repeat)
+        print("\n| FFN block | fp32 strided gate | fp32 dense gate | bf16 strided | bf16 dense |")
+        print("|---|---:|---:|---:|---:|")
+        for r in result["ffn"]:
+            print(f"| {tuple(r['shape'])} | {r['fp32_strided']:.1f} | {r['fp32_dense']:.1f} | "
+                  f"{r['bf16_strided']:.1f} | {r['bf16_dense']:.1f} |")
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or random_checkpoint(Path(tmp), args.dim, args.blocks,
                                                           args.d_state)
