@@ -236,3 +236,37 @@ def test_onnx_export_with_cpu_backend_uses_standard_ops(
     assert len(fused_calls) == 1  # the eager call above, not the export
     (got,) = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})
     assert_close(torch.from_numpy(got), expected)
+
+
+@pytest.mark.parametrize("lanes", [1, 16, 32, 64])
+@pytest.mark.parametrize("shape", [(3, 20, 7, 5, 32, 3), (1, 48, 9, 6, 8, 2)],
+                         ids=lambda s: "b{}c{}_{}x{}_n{}r{}".format(*s))
+def test_every_forward_block_width_matches_reference(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], lanes: int,
+    fused_calls: list[int],
+) -> None:
+    """The forward's block width is a speed choice only: d_inner 40 and 96 leave part-filled
+    blocks at 32 and 64, and width 1 is a block per channel."""
+    from service.scan import cross
+
+    monkeypatch.setattr(cross, "FORWARD_LANES", (lanes,))
+    monkeypatch.setattr(cross, "LANES", lanes)  # the fallback when threads outnumber tasks
+    batch, channels, h, w, n_state, rank = shape
+    module = make_module(channels, n_state, rank)
+    x = torch.randn(batch, h, w, channels, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, _ = run(module, x, "reference")
+        actual, _ = run(module, x, "cpu")
+    assert fused_calls
+    assert_close(actual, expected)
+
+
+def test_forward_block_width_keeps_every_thread_busy() -> None:
+    from service.scan.cross import LANES, forward_lanes
+
+    assert forward_lanes(1, 192, 1) == 64
+    assert forward_lanes(1, 192, 2) == 64  # 3 tasks
+    assert forward_lanes(1, 64, 2) == 32  # 64 wide would leave a thread idle
+    assert forward_lanes(1, 32, 2) == LANES
+    assert forward_lanes(4, 32, 2) == 64  # batch items are tasks too
+    assert forward_lanes(1, 16, 8) == LANES  # never narrower than a vector

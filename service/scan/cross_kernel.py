@@ -147,26 +147,27 @@ def _build(depends: str):  # type: ignore[no-untyped-def]
         u, y: (b, L, D), L = height·width row-major; xdbl: (b, L, 4·(R + 2N)), per direction
         [Δ rank R | B | C]; dtw: (4, R, D); dtb, Ds: (4, D); A: (4, N, D). checkpoints:
         (b, 4, ceil(L/CHECKPOINT), N, D) states before each block, or (b, 4, 0, N, D) not to
-        store. Workspaces, tasks = b·ceil(D/LANES): state (tasks, N, LANES), delta (tasks,
-        CHECKPOINT, LANES), du and acc (tasks, LANES): Δ·u and the output being summed, in
-        separate arrays so that LLVM needs no overlap check between them. All float32,
-        C-contiguous.
+        store. Workspaces, W channels per task (the block width, read from state's last
+        dimension; any W ≥ 1), tasks = b·ceil(D/W): state (tasks, N, W), delta (tasks,
+        CHECKPOINT, W), du and acc (tasks, W): Δ·u and the output being summed, in separate
+        arrays so that LLVM needs no overlap check between them. All float32, C-contiguous.
         """
         _ = depends
         batch, length, channels = u.shape
         n_state = A.shape[1]
         rank = dtw.shape[1]
-        blocks = (channels + LANES - 1) // LANES
+        lanes = state.shape[2]
+        blocks = (channels + lanes - 1) // lanes
         store = checkpoints.shape[2] > 0
         for task in prange(batch * blocks):
             bi = task // blocks
-            c0 = np.uint64((task % blocks) * LANES)
-            nv = np.uint64(min(LANES, channels - (task % blocks) * LANES))
+            c0 = np.uint64((task % blocks) * lanes)
+            nv = np.uint64(min(lanes, channels - (task % blocks) * lanes))
             for turn in range(DIRECTIONS):
                 k = direction(turn, task)
                 seg = k * (rank + 2 * n_state)
                 for n in range(n_state):
-                    for j in range(LANES):
+                    for j in range(lanes):
                         state[task, n, j] = _F0
                 for start in range(0, length, CHECKPOINT):
                     steps = min(length - start, CHECKPOINT)
