@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
+from engines import random_checkpoint  # bench/engines.py: the same random config
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
@@ -165,17 +166,6 @@ def scan_share(checkpoint: Path, size: int, repeat: int) -> list[dict[str, Any]]
         # The bound if everything but the scan became the op table's best factor.
         row["bound_if_rest_3x"] = 1.0 / (share + (1 - share) / 3.0)
     return out
-
-
-def random_checkpoint(directory: Path, dim: int, blocks: list[int], d_state: int) -> Path:
-    from service.models import write_safetensors
-    from service.nn import DiffMamba, DiffMambaConfig
-
-    torch.manual_seed(0)
-    config = DiffMambaConfig.from_dict({"dim": dim, "num_blocks": blocks, "d_state": d_state})
-    path = directory / "bf16_split.safetensors"
-    write_safetensors(path, DiffMamba(config).state_dict(), "diffmamba", config.to_dict())
-    return path
 
 
 def main() -> None:
