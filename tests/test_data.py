@@ -205,10 +205,26 @@ def test_mild_blur_mix_draws_small_kernels_and_is_a_deblur_variant() -> None:
     clean = _image()
     mild = degrade("deblur", clean, np.random.default_rng(0), variant="mild")
     assert mild.shape == clean.shape and not np.array_equal(mild, clean)
-    with pytest.raises(ValueError, match="variants: mild"):
+    with pytest.raises(ValueError, match="variants: mild, linear"):
         check_variant("deblur", "strong")
     with pytest.raises(ValueError, match="variants: none"):
         degrade("denoise", clean, np.random.default_rng(0), variant="mild")
+
+
+def test_linear_blur_mix_draws_straight_lines_of_the_documented_lengths() -> None:
+    from service.data.degrade import degrade
+    from service.data.degrade.blur import LINEAR_MIX, random_kernel
+
+    kernels = [random_kernel(np.random.default_rng(i), LINEAR_MIX) for i in range(60)]
+    assert {k.shape[0] for k in kernels} <= set(range(7, 28))
+    assert max(k.shape[0] for k in kernels) > 19  # the long end is drawn too
+    for k in kernels:
+        # a straight line through the centre: point-symmetric, and thin (few pixels carry it)
+        assert np.allclose(k, k[::-1, ::-1], atol=1e-4)
+        assert (k > 1e-3).sum() <= 3 * k.shape[0]
+    clean = _image()
+    blurred = degrade("deblur", clean, np.random.default_rng(0), variant="linear")
+    assert blurred.shape == clean.shape and not np.array_equal(blurred, clean)
 
 
 def test_convolve_impulse_response_and_constant() -> None:

@@ -259,7 +259,7 @@ SEAM_TILE, SEAM_OVERLAP, SEAM_BAND = 128, 32, 4
 
 SEAM_SIZES = [
     pytest.param((256, 192), id="256x192"),  # 6 tiles, interior edges in both directions
-    pytest.param((512, 384), id="512x384", marks=pytest.mark.slow),  # 20 tiles, the size of the tiling target
+    pytest.param((512, 384), id="512x384", marks=pytest.mark.slow),  # 20 tiles, the target size
 ]
 FIXTURES = Path(__file__).parent / "fixtures" / "diffmamba"
 MODELS = Path(__file__).resolve().parents[1] / "models"

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .blur import (
+    LINEAR_MIX,
     MILD_MIX,
     BlurParams,
     convolve,
@@ -56,6 +57,10 @@ def _deblur_mild(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return motion_blur(clean, rng, mix=MILD_MIX)[0]
 
 
+def _deblur_linear(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return motion_blur(clean, rng, mix=LINEAR_MIX)[0]
+
+
 def _deblur_eval(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return motion_blur(clean, rng, sample_shake_params(rng))[0]
 
@@ -69,7 +74,7 @@ EVAL_DEGRADATIONS: dict[str, Degradation] = {**DEGRADATIONS, "denoise": _denoise
                                               "deblur": _deblur_eval}
 TASKS: tuple[str, ...] = tuple(DEGRADATIONS)
 VARIANTS: dict[str, dict[str, Degradation]] = {
-    "deblur": {"mild": _deblur_mild},
+    "deblur": {"mild": _deblur_mild, "linear": _deblur_linear},
 }
 """Named alternatives to a task's training degradation (``train --degradation``)."""
 

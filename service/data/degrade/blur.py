@@ -30,7 +30,10 @@ Ranges (training):
 
 ``MILD_MIX`` draws the same families from the small end of these ranges (kernels 7–15 px, disks of
 radius 1–3, Gaussians of std 0.5–1.5): a curriculum's first stage, where a network can learn what
-blur looks like before it has to undo 31-px shakes.
+blur looks like before it has to undo 31-px shakes. ``LINEAR_MIX`` draws straight-line motion
+only, 5–25 px long (kernels 7–27): the one family whose blur is fixed by two numbers (length and
+angle), so a small network can learn to undo it before the blind mix; also the family of the
+deblurring target's main cells.
 
 The blur is uniform (one kernel per image), unlike GoPro's dynamic scenes, but camera shake
 dominates those too. Convolution is done with numpy FFTs on a reflect-padded image (no SciPy
@@ -75,6 +78,7 @@ class BlurMix:
 
 TRAINING_MIX = BlurMix()
 MILD_MIX = BlurMix(kernel_sizes=(7, 15), defocus_radii=(1.0, 3.0), gaussian_sigmas=(0.5, 1.5))
+LINEAR_MIX = BlurMix(families={"linear": 1.0}, kernel_sizes=(7, 27))
 
 
 @dataclass(frozen=True, eq=False)
