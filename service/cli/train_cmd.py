@@ -133,8 +133,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "one); e.g. 0.01 to train on texture rather than sky (default 0: off)")
     d.add_argument("--degradation", metavar="VARIANT",
                    help="a named variant of the task's training degradation instead of the "
-                        "default one, e.g. deblur's 'mild' (kernels 7-15 px) to start a "
-                        "curriculum; validation keeps the task's full grid")
+                        "default one: deblur's 'mild' (kernels 7-15 px) to start a "
+                        "curriculum, or 'linear' (straight-line motion 5-25 px only); "
+                        "validation keeps the task's full grid")
     d.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no random flips/rotations")
     d.add_argument("--no-rotate", dest="rotate", action="store_false", default=None,
