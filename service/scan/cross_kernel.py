@@ -1,7 +1,8 @@
 """Fused numba kernels for SS2D's four-direction selective scan, channels-last.
 
 Why this layout: SS2D's activations are (b, H, W, D) channels-last already, so the kernels scan
-them in place. One task owns a block of LANES channels of one image and runs all four directions
+them in place. One task owns a block of channels of one image (LANES in the backward, up to
+four times that in the forward, see service.scan.cross.forward_lanes) and runs all four directions
 over it: row-major forward/backward (k = 0, 2) and column-major forward/backward (k = 1, 3), the
 reversed ones simply walking the positions from the end (the same numbers as flipping, scanning
 and flipping back). A column-major step reads the same LANES-channel cache line that a row-major
